@@ -1,0 +1,98 @@
+"""``supernode``: the command line, with the Go supernode's flags so it is a drop-in replacement."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import __version__
+from .config import ConfigFileError, Settings, load_settings
+from .node import Supernode
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="supernode",
+        description="Dragonfly SuperNode: P2P scheduler and CDN for dfget v1 clients. Every option can also "
+                    "be set as SUPERNODE_<NAME> in the environment or in the YAML file given by --config.",
+        argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", type=Path, help="YAML configuration file (default /etc/dragonfly/supernode.yml "
+                                                "if it exists)")
+    p.add_argument("--home-dir", dest="home_dir", help="home of the CDN cache (default /home/admin/supernode)")
+    p.add_argument("--port", help="API port (default 8002)")
+    p.add_argument("--download-port", dest="download_port", help="CDN piece port (default 8001)")
+    p.add_argument("--advertise-ip", dest="advertise_ip",
+                   help="IPv4 that peers use to reach this node (default: first non-loopback IPv4)")
+    p.add_argument("--listen-host", dest="listen_host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("-D", "--debug", action="store_const", const=True, help="debug logging")
+    p.add_argument("--up-limit", dest="up_limit", help="concurrent uploads per peer (default 5)")
+    p.add_argument("--down-limit", dest="down_limit", help="concurrent downloads per client (default 4)")
+    p.add_argument("--cdn-task-limit", dest="cdn_task_limit",
+                   help="concurrent CDN pieces served per task (default 4)")
+    p.add_argument("--max-bandwidth", dest="max_bandwidth", help="total bandwidth, e.g. 200M (default 200M)")
+    p.add_argument("--system-bandwidth", dest="system_bandwidth",
+                   help="bandwidth kept for the system, e.g. 20M (default 20M)")
+    p.add_argument("--version", action="version", version=f"supernode {__version__}")
+    return p
+
+
+async def _serve(settings: Settings) -> None:
+    node = Supernode(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        await stop.wait()
+        logging.getLogger(__name__).info("shutting down")
+    finally:
+        await node.stop()
+
+
+def _run(settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(settings))
+    else:
+        uvloop.run(_serve(settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args: dict[str, Any] = vars(_parser().parse_args(argv))
+    config = args.pop("config", None)
+    try:
+        settings = load_settings(config, **args)
+    except ConfigFileError as exc:
+        print(f"supernode: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in err["loc"])
+            print(f"supernode: invalid {where}: {err['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        settings.repo_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"supernode: cannot use home dir {settings.home_dir}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        _run(settings)
+    except OSError as exc:
+        print(f"supernode: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Settings of the supernode: flags, ``SUPERNODE_*`` environment variables and a YAML file.
+
+Precedence, highest first: command-line flags, environment variables, the YAML file, defaults. The
+defaults are the Go supernode's (spec §9) so that an existing deployment keeps its behaviour; the
+YAML file may use the Go keys (``base: {listenPort: ...}``) or our snake_case names.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BeforeValidator, Field, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .units import parse_duration, parse_size
+
+DEFAULT_CONFIG_PATH = Path("/etc/dragonfly/supernode.yml")
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class ConfigFileError(Exception):
+    """The configuration file is missing (when given explicitly) or is not a YAML mapping."""
+
+
+def _normalise(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
+
+
+def default_advertise_ip() -> str:
+    """The first non-loopback IPv4 of this host, as the Go supernode picks it; loopback as a last resort."""
+    try:
+        candidates = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        candidates = []
+    for *_, sockaddr in candidates:
+        ip = str(sockaddr[0])
+        if not ip.startswith("127."):
+            return ip
+    return "127.0.0.1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SUPERNODE_", extra="ignore", validate_default=True)
+
+    home_dir: Path = Path("/home/admin/supernode")
+    listen_host: str = "0.0.0.0"
+    port: Port = 8002
+    download_port: Port = 8001
+    advertise_ip: str = Field(default_factory=default_advertise_ip)
+    debug: bool = False
+
+    up_limit: int = Field(5, ge=1, description="concurrent uploads one peer may serve")
+    down_limit: int = Field(4, ge=1, description="concurrent pieces one client may download")
+    cdn_task_limit: int = Field(4, ge=1, description="concurrent CDN piece downloads served per task")
+    elimination_limit: int = Field(5, ge=1)
+    failure_count_limit: int = Field(5, ge=0)
+    max_bandwidth: Size = 200 * 1024**2
+    system_bandwidth: Size = 20 * 1024**2
+
+    fail_access_interval: Duration = 180.0
+    gc_initial_delay: Duration = 6.0
+    gc_meta_interval: Duration = 120.0
+    task_expire_time: Duration = 180.0
+    peer_gc_delay: Duration = 180.0
+    gc_disk_interval: Duration = 15.0
+    young_gc_threshold: Size = 100 * 1024**3
+    full_gc_threshold: Size = 5 * 1024**3
+    interval_threshold: Duration = 7200.0
+    clean_ratio: int = Field(1, ge=1, le=10)
+
+    source_probe_timeout: Duration = 4.0
+    source_read_timeout: Duration = 60.0
+
+    @field_validator("advertise_ip")
+    @classmethod
+    def _ipv4(cls, value: str) -> str:
+        try:
+            socket.inet_pton(socket.AF_INET, value)
+        except OSError:
+            raise ValueError(f"advertise IP must be an IPv4 address, got {value!r}") from None
+        return value
+
+    @property
+    def cdn_rate(self) -> int:
+        """Bytes per second the CDN may take from origins (Go: max - reserved, never below 1 MiB/s)."""
+        return max(self.max_bandwidth - self.system_bandwidth, 1024**2)
+
+    @property
+    def repo_dir(self) -> Path:
+        return self.home_dir / "repo"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+# Go's YAML keys that do not normalise to our field names.
+_GO_KEYS = {"listenport": "port", "peeruplimit": "up_limit", "peerdownlimit": "down_limit",
+            "systemreservedbandwidth": "system_bandwidth"}
+
+
+def _yaml_values(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigFileError(f"{path}: expected a mapping at the top level")
+    flat: dict[str, Any] = {k: v for k, v in loaded.items() if k != "base"}
+    if isinstance(loaded.get("base"), dict):
+        flat.update(loaded["base"])
+    names = {_normalise(name): name for name in Settings.model_fields} | _GO_KEYS
+    return {names[_normalise(str(k))]: v for k, v in flat.items() if _normalise(str(k)) in names}
+
+
+def load_settings(config: Path | None = None, **flags: Any) -> Settings:
+    """Merge defaults < YAML < ``SUPERNODE_*`` environment < ``flags``.
+
+    ``config=None`` reads the default file only if it exists; an explicit path must exist.
+    """
+    path = config if config is not None else DEFAULT_CONFIG_PATH
+    values: dict[str, Any] = {}
+    if path.is_file():
+        values = _yaml_values(path)
+    elif config is not None:
+        raise ConfigFileError(f"config file {config} does not exist")
+    values.update(EnvSettingsSource(Settings, env_prefix="SUPERNODE_")())
+    values.update(flags)
+    return Settings(**values)

@@ -1,0 +1,1 @@
+"""Managers: the stateful heart of the supernode, between the API handlers and the stores."""

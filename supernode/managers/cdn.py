@@ -1,0 +1,414 @@
+"""Fill the piece cache from the origin, once per task, and keep it trustworthy.
+
+The key decision of this module: the length probe *is* the download. Register sends one GET to the
+origin (conditional when a finished copy is on disk, ranged when an interrupted one can be resumed)
+and the body of that same response is streamed into pieces. The origin therefore serves a task's
+bytes once, and callers serialise :meth:`CdnManager.prepare` per task so that concurrent registrants
+never trigger a second fetch.
+
+Invariants:
+- a piece is announced to the scheduler (``cdn_piece_done``) only after its wrapped bytes are written
+  and its MD5 is recorded, so a peer may fetch it at once;
+- ``.md5`` is written, and ``.meta`` says ``success``, only after the whole-file length and MD5 checks
+  pass; a cache hit re-verifies every piece against ``.md5`` before anything is served;
+- a failed download keeps ``finish=false`` in ``.meta`` when it can be resumed (the origin went away),
+  and is discarded when the content itself was wrong (length or MD5 mismatch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+
+import aiohttp
+
+from ..cdn.source import SourceClient
+from ..cdn.store import CacheMeta, CacheStore
+from ..errors import DfCode, DfError
+from ..metrics import Metrics
+from ..models import CdnStatus
+from ..pieces import HEAD_SIZE, TAIL_BYTE, data_size, piece_head, piece_md5_text, piece_size_for, wrap
+from ..progress import ProgressState
+from ..ratelimit import TokenBucket
+from ..tasks import Task
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 256 * 1024
+
+
+class _Fail(Exception):
+    """A download failure; ``resumable`` keeps the partial data for a ranged retry."""
+
+    def __init__(self, reason: str, kind: str, *, resumable: bool) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.resumable = resumable
+
+
+@dataclass
+class _Partial:
+    """What an interrupted download left on disk: complete pieces and their hashes."""
+
+    pieces: int = 0
+    piece_md5s: list[str] = field(default_factory=list)
+    raw_md5: hashlib._Hash = field(default_factory=hashlib.md5)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _http_date_ms(value: str | None) -> int:
+    if not value:
+        return 0
+    try:
+        return int(parsedate_to_datetime(value).timestamp() * 1000)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _http_date(ms: int) -> str:
+    return format_datetime(datetime.fromtimestamp(ms / 1000, UTC), usegmt=True)
+
+
+def _content_length(resp: aiohttp.ClientResponse) -> int:
+    value = resp.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else -1
+
+
+def _content_range_total(resp: aiohttp.ClientResponse) -> tuple[int, int]:
+    """``(start, total)`` of a ``Content-Range: bytes a-b/total`` header, -1 where absent."""
+    value = resp.headers.get("Content-Range", "")
+    try:
+        unit_range, _, total = value.partition("/")
+        start = int(unit_range.split()[1].split("-")[0])
+        return start, int(total) if total.isdigit() else -1
+    except (IndexError, ValueError):
+        return -1, -1
+
+
+def _has_header(headers: dict[str, str], name: str) -> bool:
+    return any(k.lower() == name.lower() for k in headers)
+
+
+class CdnManager:
+    def __init__(self, *, store: CacheStore, source: SourceClient, progress: ProgressState, metrics: Metrics,
+                 rate: int) -> None:
+        self.store = store
+        self.source = source
+        self.progress = progress
+        self.metrics = metrics
+        self._bucket = TokenBucket(rate, burst=max(rate // 4, 4 * _CHUNK))
+        self._downloads: dict[str, asyncio.Task[None]] = {}
+
+    async def prepare(self, task: Task) -> None:
+        """Make ``task``'s content available; return once the origin has answered.
+
+        On return the task is SUCCESS (cache hit) or RUNNING (a background download fills the cache).
+        Raises ``DfError`` (URL_NOT_REACHABLE or AUTHENTICATION_REQUIRED) when the origin refuses.
+        """
+        self.metrics.cdn_trigger_total.inc()
+        try:
+            await self._prepare(task)
+        except DfError:
+            self.metrics.cdn_trigger_failed_total.inc()
+            raise
+
+    async def _prepare(self, task: Task) -> None:
+        spec = task.spec
+        meta = await asyncio.to_thread(self.store.read_meta, spec.task_id)
+        if meta is not None and not self._meta_matches(meta, task):
+            meta = None
+        for _attempt in range(2):
+            headers = dict(spec.headers)
+            partial: _Partial | None = None
+            validating = False
+            if meta is not None and meta.finish and meta.success and (meta.etag or meta.last_modified):
+                validating = True
+                if meta.etag:
+                    headers["If-None-Match"] = meta.etag
+                if meta.last_modified:
+                    headers["If-Modified-Since"] = _http_date(meta.last_modified)
+            elif (meta is not None and not meta.finish and (meta.etag or meta.last_modified)
+                  and not _has_header(headers, "Range")):
+                partial = await asyncio.to_thread(self._scan_partial, spec.task_id, meta.piece_size)
+                if partial.pieces:
+                    headers["Range"] = f"bytes={partial.pieces * data_size(meta.piece_size)}-"
+                    headers["If-Range"] = meta.etag or _http_date(meta.last_modified)
+                else:
+                    partial = None
+            resp = await self._open(task, headers)
+            try:
+                if validating and meta is not None and self._unchanged(resp, meta):
+                    resp.release()
+                    if await self._serve_from_cache(task, meta):
+                        return
+                    meta = None
+                    continue
+                if partial is not None and meta is not None and resp.status == 206:
+                    start, total = _content_range_total(resp)
+                    if start == partial.pieces * data_size(meta.piece_size) and total == meta.http_file_len:
+                        self._start(task, resp, meta.http_file_len, meta.piece_size, partial, meta)
+                        return
+                    resp.release()
+                    meta = None
+                    continue
+                if resp.status in (200, 206):
+                    length = _content_length(resp) if resp.status == 200 or _has_header(spec.headers, "Range") \
+                        else -1
+                    if resp.status == 206 and not _has_header(spec.headers, "Range"):
+                        resp.release()
+                        raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {spec.raw_url}",
+                                      "source answered 206 to a request without Range")
+                    self._start(task, resp, length, piece_size_for(length), None, None)
+                    return
+                resp.release()
+                raise self._refusal(task, resp.status)
+            except BaseException:
+                resp.release()
+                raise
+        raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {spec.raw_url}", "cache could not be revalidated")
+
+    def _meta_matches(self, meta: CacheMeta, task: Task) -> bool:
+        spec = task.spec
+        if meta.task_id != spec.task_id or meta.url != spec.task_url:
+            return False
+        if spec.md5.strip():
+            return meta.md5 == spec.md5
+        return meta.biz_id == spec.identifier
+
+    def _unchanged(self, resp: aiohttp.ClientResponse, meta: CacheMeta) -> bool:
+        """304, or a 200 that carries the very validators we stored (an origin ignoring conditionals)."""
+        if resp.status == 304:
+            return True
+        if resp.status != 200:
+            return False
+        etag = resp.headers.get("ETag", "")
+        modified = _http_date_ms(resp.headers.get("Last-Modified"))
+        same_etag = bool(meta.etag) and etag == meta.etag
+        same_date = bool(meta.last_modified) and modified == meta.last_modified
+        return (same_etag or not meta.etag) and (same_date or not meta.last_modified) and (same_etag or same_date)
+
+    async def _open(self, task: Task, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        url = task.spec.raw_url
+        try:
+            return await self.source.open(url, headers)
+        except TimeoutError:
+            raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {url}", "source did not answer in time") from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {url}", f"source unreachable: {exc}") from None
+
+    def _refusal(self, task: Task, status: int) -> DfError:
+        url = task.spec.raw_url
+        if status in (401, 403, 407):
+            self.metrics.task_failed("source_auth")
+            return DfError(DfCode.AUTHENTICATION_REQUIRED, f"url: {url}", f"source answered HTTP {status}")
+        reason = "source_not_found" if status in (404, 410) else "source_error"
+        self.metrics.task_failed(reason)
+        return DfError(DfCode.URL_NOT_REACHABLE, f"taskID: {task.id}, url: {url}",
+                       f"url not reachable: source answered HTTP {status}")
+
+    async def _serve_from_cache(self, task: Task, meta: CacheMeta) -> bool:
+        """Adopt a finished cache entry after checking every piece against ``.md5``; False if it is bad."""
+        md5s = await asyncio.to_thread(self._verify_cache, task.id, meta)
+        if md5s is None:
+            self.metrics.cdn_cache_verify_failed_total.inc()
+            log.warning("cache of task %s failed verification, fetching again", task.id)
+            await asyncio.to_thread(self.store.delete, task.id)
+            return False
+        task.http_file_length = meta.http_file_len
+        task.piece_size = meta.piece_size
+        task.file_length = meta.file_length
+        task.real_md5 = meta.real_md5
+        task.piece_md5s = md5s
+        task.cdn_status = CdnStatus.SUCCESS
+        for n in range(len(md5s)):
+            self.progress.cdn_piece_done(task.id, n)
+        now = _now_ms()
+        meta.interval = now - meta.access_time if meta.access_time else 0
+        meta.access_time = now
+        await asyncio.to_thread(self.store.write_meta, meta)
+        self.metrics.cdn_cache_hit_total.inc()
+        return True
+
+    def _verify_cache(self, task_id: str, meta: CacheMeta) -> list[str] | None:
+        sealed = self.store.read_md5s(task_id)
+        if sealed is None or sealed[1] != meta.real_md5:
+            return None
+        piece_md5s, real_md5 = sealed
+        if self.store.data_size(task_id) != meta.file_length:
+            return None
+        raw = hashlib.md5()
+        try:
+            fd = os.open(self.store.data_path(task_id), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            for n, expected in enumerate(piece_md5s):
+                expected_len = int(expected.rpartition(":")[2] or 0)
+                block = os.pread(fd, expected_len, n * meta.piece_size)
+                if piece_md5_text(hashlib.md5(block).hexdigest(), len(block)) != expected:
+                    return None
+                raw.update(block[HEAD_SIZE:-1])
+        finally:
+            os.close(fd)
+        return piece_md5s if raw.hexdigest() == real_md5 else None
+
+    def _scan_partial(self, task_id: str, piece_size: int) -> _Partial:
+        """Complete, well-framed pieces at the start of an interrupted download."""
+        partial = _Partial()
+        per = data_size(piece_size)
+        head = piece_head(per, piece_size)
+        try:
+            fd = os.open(self.store.data_path(task_id), os.O_RDONLY)
+        except OSError:
+            return partial
+        try:
+            while True:
+                block = os.pread(fd, piece_size, partial.pieces * piece_size)
+                if len(block) != piece_size or block[:HEAD_SIZE] != head or block[-1] != TAIL_BYTE:
+                    return partial
+                partial.piece_md5s.append(piece_md5_text(hashlib.md5(block).hexdigest(), piece_size))
+                partial.raw_md5.update(block[HEAD_SIZE:-1])
+                partial.pieces += 1
+        finally:
+            os.close(fd)
+
+    def _start(self, task: Task, resp: aiohttp.ClientResponse, length: int, piece_size: int,
+               partial: _Partial | None, meta: CacheMeta | None) -> None:
+        task.http_file_length = length
+        task.piece_size = piece_size
+        task.cdn_status = CdnStatus.RUNNING
+        task.piece_md5s = list(partial.piece_md5s) if partial else []
+        task.fail_reason = ""
+        for n in range(len(task.piece_md5s)):
+            self.progress.cdn_piece_done(task.id, n)
+        now = _now_ms()
+        fresh_meta = CacheMeta(
+            task_id=task.id, url=task.spec.task_url, piece_size=piece_size, http_file_len=length,
+            biz_id=task.spec.identifier, access_time=now,
+            interval=(now - meta.access_time) if meta and meta.access_time else 0, md5=task.spec.md5,
+            last_modified=meta.last_modified if partial and meta else _http_date_ms(resp.headers.get("Last-Modified")),
+            etag=meta.etag if partial and meta else resp.headers.get("ETag", ""),
+        )
+        job = asyncio.create_task(self._download(task, resp, fresh_meta, partial), name=f"cdn-{task.id[:12]}")
+        self._downloads[task.id] = job
+        job.add_done_callback(lambda _: self._downloads.pop(task.id, None) if self._downloads.get(task.id) is job
+                              else None)
+
+    async def _download(self, task: Task, resp: aiohttp.ClientResponse, meta: CacheMeta,
+                        partial: _Partial | None) -> None:
+        self.metrics.cdn_download_total.inc()
+        started = time.monotonic()
+        fd = -1
+        try:
+            await asyncio.to_thread(self.store.write_meta, meta)
+            fd = await asyncio.to_thread(self.store.open_existing if partial else self.store.open_fresh, task.id)
+            await self._stream(task, resp, fd, meta, partial or _Partial())
+        except asyncio.CancelledError:
+            raise
+        except _Fail as exc:
+            await self._fail(task, meta, str(exc), exc.kind, resumable=exc.resumable)
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            await self._fail(task, meta, f"source transfer failed: {exc or type(exc).__name__}", "source_error",
+                             resumable=True)
+        except OSError as exc:
+            await self._fail(task, meta, f"cache write failed: {exc}", "disk", resumable=False)
+        else:
+            log.info("task %s fetched: %d bytes in %.2fs", task.id, task.http_file_length,
+                     time.monotonic() - started)
+        finally:
+            resp.release()
+            if fd >= 0:
+                os.close(fd)
+
+    async def _stream(self, task: Task, resp: aiohttp.ClientResponse, fd: int, meta: CacheMeta,
+                      partial: _Partial) -> None:
+        piece_size = task.piece_size
+        per = data_size(piece_size)
+        raw = partial.raw_md5
+        piece = partial.pieces
+        received = 0
+        buf = bytearray()
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            await self._bucket.acquire(len(chunk))
+            received += len(chunk)
+            self.metrics.source_bytes_total.inc(len(chunk))
+            self.metrics.cdn_download_size_bytes_total.inc(len(chunk))
+            raw.update(chunk)
+            buf += chunk
+            while len(buf) >= per:
+                await self._write_piece(task, fd, piece, bytes(buf[:per]))
+                del buf[:per]
+                piece += 1
+        if buf or piece == 0:
+            await self._write_piece(task, fd, piece, bytes(buf))
+            piece += 1
+        expected = task.http_file_length - partial.pieces * per
+        if task.http_file_length >= 0 and received != expected:
+            raise _Fail(f"source sent {received} of {expected} bytes", "source_error", resumable=True)
+        real_md5 = raw.hexdigest()
+        if task.spec.md5.strip() and task.spec.md5.strip().lower() != real_md5:
+            raise _Fail(f"md5 mismatch: expected {task.spec.md5}, source content has {real_md5}", "md5_mismatch",
+                        resumable=False)
+        if task.http_file_length < 0:
+            task.http_file_length = received
+        length = task.http_file_length
+        file_length = max(length, 0) + 5 * piece
+        await asyncio.to_thread(self.store.write_md5s, task.id, task.piece_md5s, real_md5)
+        meta.http_file_len = length
+        meta.file_length = file_length
+        meta.real_md5 = real_md5
+        meta.finish = meta.success = True
+        await asyncio.to_thread(self.store.write_meta, meta)
+        task.file_length = file_length
+        task.real_md5 = real_md5
+        task.cdn_status = CdnStatus.SUCCESS
+
+    async def _write_piece(self, task: Task, fd: int, piece_num: int, data: bytes) -> None:
+        md5_text = await asyncio.to_thread(self._pwrite_piece, fd, piece_num, data, task.piece_size)
+        task.piece_md5s.append(md5_text)
+        self.progress.cdn_piece_done(task.id, piece_num)
+
+    @staticmethod
+    def _pwrite_piece(fd: int, piece_num: int, data: bytes, piece_size: int) -> str:
+        framed = wrap(data, piece_size)
+        view = memoryview(framed)
+        offset = piece_num * piece_size
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+        return piece_md5_text(hashlib.md5(framed).hexdigest(), len(framed))
+
+    async def _fail(self, task: Task, meta: CacheMeta, reason: str, kind: str, *, resumable: bool) -> None:
+        log.warning("task %s failed: %s", task.id, reason)
+        task.cdn_status = CdnStatus.FAILED
+        task.fail_reason = reason
+        self.progress.cdn_piece_failed(task.id, len(task.piece_md5s))
+        self.metrics.cdn_download_failed_total.inc()
+        self.metrics.task_failed(kind)
+        with contextlib.suppress(OSError):
+            if resumable and (meta.etag or meta.last_modified):
+                await asyncio.to_thread(self.store.write_meta, meta)
+            else:
+                await asyncio.to_thread(self.store.delete, task.id)
+
+    async def stop(self, task_id: str) -> None:
+        job = self._downloads.pop(task_id, None)
+        if job is not None:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+
+    async def close(self) -> None:
+        for task_id in list(self._downloads):
+            await self.stop(task_id)

@@ -1,0 +1,106 @@
+"""The composition root: one supernode process, its managers, and its two HTTP ports.
+
+``Supernode`` wires settings -> stores -> managers -> aiohttp apps, starts the API and download ports,
+and tears everything down in reverse order. Tests start one in-process or as a real process through
+``supernode.cli``; both paths go through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .api.middleware import errors, http_metrics
+from .api.openapi import build_openapi
+from .api.routes import add_routes
+from .api.wire import NODE
+from .cdn.server import build_download_app
+from .cdn.source import SourceClient
+from .cdn.store import CacheStore
+from .config import Settings
+from .managers.cdn import CdnManager
+from .managers.gc import GarbageCollector
+from .managers.repair import PieceRepair
+from .managers.task import TaskManager
+from .metrics import Metrics
+from .models import CdnStatus, TaskMetricsRequest
+from .peers import PeerRegistry
+from .progress import Limits, ProgressState
+
+log = logging.getLogger(__name__)
+
+
+class Supernode:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(__version__)
+        self.store = CacheStore(settings.repo_dir)
+        self.peers = PeerRegistry()
+        self.progress = ProgressState(Limits(
+            peer_up_limit=settings.up_limit, peer_down_limit=settings.down_limit,
+            elimination_limit=settings.elimination_limit, failure_count_limit=settings.failure_count_limit,
+            cdn_task_limit=settings.cdn_task_limit))
+        self.source = SourceClient(header_timeout=settings.source_probe_timeout,
+                                   read_timeout=settings.source_read_timeout)
+        self.cdn = CdnManager(store=self.store, source=self.source, progress=self.progress, metrics=self.metrics,
+                              rate=settings.cdn_rate)
+        self.super_peer = self.peers.register(ip=settings.advertise_ip, host_name=socket.gethostname(),
+                                              port=settings.download_port, version=__version__)
+        self.progress.add_peer(self.super_peer.id, serves=False)
+        self.tasks = TaskManager(settings=settings, peers=self.peers, progress=self.progress, cdn=self.cdn,
+                                 metrics=self.metrics, super_peer=self.super_peer)
+        self.repair = PieceRepair(self.tasks)
+        self.gc = GarbageCollector(settings=settings, tasks=self.tasks, store=self.store, metrics=self.metrics)
+        self.openapi: dict[str, Any] = build_openapi()
+        self._runners: list[web.AppRunner] = []
+
+    def api_app(self) -> web.Application:
+        app = web.Application(middlewares=[http_metrics, errors], client_max_size=1024 * 1024)
+        app[NODE] = self
+        add_routes(app)
+        return app
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        """Gauges that mirror live state are refreshed at scrape time rather than on every change."""
+        counts = Counter(task.cdn_status for task in self.tasks.tasks.values())
+        for status in CdnStatus:
+            self.metrics.tasks.labels(cdnstatus=status.value).set(counts.get(status, 0))
+        return self.metrics.render()
+
+    def report_download(self, req: TaskMetricsRequest) -> None:
+        """dfget's end-of-download report (sent twice by dfget 1.0.x; both are counted, as upstream)."""
+        labels = {"callsystem": req.call_system, "peer": req.ip}
+        self.metrics.dfget_download_total.labels(**labels).inc()
+        if req.success:
+            self.metrics.dfget_download_duration_seconds.labels(**labels).observe(req.duration)
+            self.metrics.dfget_download_size_bytes_total.labels(**labels).inc(max(req.file_length, 0))
+        else:
+            self.metrics.dfget_download_failed_total.labels(**labels, reason=req.backsource_reason).inc()
+
+    async def start(self) -> None:
+        """Bind both ports; on return the node serves requests."""
+        await asyncio.to_thread(self.store.root.mkdir, parents=True, exist_ok=True)
+        s = self.settings
+        for app, port in ((self.api_app(), s.port), (build_download_app(self.store, self.metrics), s.download_port)):
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            self._runners.append(runner)
+            await web.TCPSite(runner, s.listen_host, port, reuse_address=True).start()
+        self.gc.start()
+        log.info("supernode %s serving API on %s:%d and CDN on %s:%d (advertised as %s), home %s", __version__,
+                 s.listen_host, s.port, s.listen_host, s.download_port, s.advertise_ip, s.home_dir)
+
+    async def stop(self) -> None:
+        await self.gc.stop()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        await self.repair.close()
+        await self.cdn.close()
+        await self.source.close()

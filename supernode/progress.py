@@ -1,0 +1,458 @@
+"""In-memory piece progress of peers, tasks and clients: the facts the scheduler decides from.
+
+This is the Go supernode's ``progress`` package without its locks and timers: every method is a
+synchronous, I/O-free state transition, and time comes in as ``now`` so tests can drive it.
+
+Vocabulary (as in Dragonfly v1):
+
+- a *peer* is one dfget registration (PID); it uploads to others when it ``serves``;
+- a *task* is one file; its CDN (the supernode, PID ``super_pid``) is the gate and the seed: clients
+  are only ever handed pieces the CDN has on disk;
+- a *client* is one download of one task (CID) by one peer.
+
+Invariants kept by every method, which the scheduler relies on to stay cheap:
+
+- A peer is a *source* iff it serves, has not reported service down, and its service error count is
+  below ``elimination_limit``. ``task.holders[n]`` holds exactly the sources that hold piece ``n``
+  (never the supernode), and ``task.holder_counts[n]`` is its size, so "rarest first" costs one dict
+  read per piece. Holder sets are pruned eagerly when a peer stops being a source (and refilled if it
+  becomes one again), instead of lazily as in Go, so counts are never inflated by dead peers.
+- ``task.free_load`` maps each source that holds at least one piece of the task and has a spare
+  upload slot to its load, and ``task.free[load]`` holds the same sources grouped by load: the
+  scheduler finds the least loaded eligible holder of a piece by intersecting the smaller of these
+  with the piece's holders, never by scanning every peer.
+- A peer's ``load`` equals the number of running entries (of any client) whose source it is, and a
+  task's ``super_load`` the number of its running entries served by the CDN since the last idle reset.
+  Loads are released exactly when a running entry ends, so repeated or stray reports cannot drive them
+  below the truth (Go decrements on every report).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .errors import invalid, not_found
+
+
+class PieceStatus(enum.IntEnum):
+    """Piece states, numbered as in Go ``supernode/config/constants.go``."""
+
+    SEMISUC = -3
+    WAITING = -1
+    RUNNING = 0
+    SUCCESS = 1
+    FAILED = 2
+
+
+_HELD = frozenset({PieceStatus.SUCCESS, PieceStatus.SEMISUC})
+
+
+@dataclass(frozen=True)
+class Limits:
+    peer_up_limit: int = 5
+    """Max concurrent uploads served by one peer."""
+    peer_down_limit: int = 4
+    """Max concurrent running pieces per client."""
+    elimination_limit: int = 5
+    """Service error count at which a peer stops being a source (the global blacklist)."""
+    failure_count_limit: int = 5
+    """Client error count above which a client only downloads from the supernode."""
+    cdn_task_limit: int = 4
+    """Max concurrent pieces the supernode serves per task (Go reuses peer_down_limit)."""
+    super_load_reset: float = 30.0
+    """Seconds after which a task's unchanged supernode load is assumed leaked and reset to 0."""
+
+
+class PeerSet:
+    """An insertion-ordered set of PIDs with O(1) add, discard and uniform random choice.
+
+    Used for holder sets and load buckets; ``items`` and ``pos`` are read directly by the scheduler
+    for speed and must not be mutated outside this module. Order depends only on the sequence of
+    operations, never on string hashing, so a seeded ``random.Random`` makes scheduling reproducible.
+    """
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.pos: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self.pos
+
+    def add(self, pid: str) -> None:
+        if pid not in self.pos:
+            self.pos[pid] = len(self.items)
+            self.items.append(pid)
+
+    def discard(self, pid: str) -> None:
+        index = self.pos.pop(pid, None)
+        if index is None:
+            return
+        last = self.items.pop()
+        if index < len(self.items):
+            self.items[index] = last
+            self.pos[last] = index
+
+    def choice(self, rng: random.Random) -> str:
+        return self.items[rng.randrange(len(self.items))]
+
+
+class Run(NamedTuple):
+    """A running piece: its source, and for CDN pieces the super-load epoch it was counted in."""
+
+    dst: str
+    epoch: int
+
+
+@dataclass(slots=True, eq=False)
+class PeerProgress:
+    pid: str
+    serves: bool
+    source: bool
+    load: int = 0
+    client_errors: int = 0
+    service_errors: int = 0
+    down_time: float | None = None
+    blacklist: dict[str, int] = field(default_factory=dict)
+    """dst PID -> failures this peer had downloading from it; any entry excludes that source."""
+    blacklisted_by: set[str] = field(default_factory=set)
+    held: dict[str, set[int]] = field(default_factory=dict)
+    """task ID -> pieces this peer holds, whether or not it is currently a source."""
+    clients: dict[tuple[str, str], None] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class ClientProgress:
+    task_id: str
+    cid: str
+    pid: str
+    done: set[int] = field(default_factory=set)
+    running: dict[int, Run] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class TaskProgress:
+    task_id: str
+    super_pid: str
+    free: list[PeerSet]
+    free_load: dict[str, int] = field(default_factory=dict)
+    cdn_done: set[int] = field(default_factory=set)
+    cdn_failed: set[int] = field(default_factory=set)
+    holders: dict[int, PeerSet] = field(default_factory=dict)
+    holder_counts: dict[int, int] = field(default_factory=dict)
+    holding_peers: set[str] = field(default_factory=set)
+    clients: dict[str, ClientProgress] = field(default_factory=dict)
+    super_load: int = 0
+    super_mtime: float = 0.0
+    super_epoch: int = 0
+
+
+class ProgressState:
+    """All progress of one supernode. Not thread-safe: call it from one event loop."""
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.limits = limits
+        self._peers: dict[str, PeerProgress] = {}
+        self._tasks: dict[str, TaskProgress] = {}
+
+    # -- lookups (the scheduler reads these records; only this class mutates them) --
+
+    def peer(self, pid: str) -> PeerProgress:
+        peer = self._peers.get(pid)
+        if peer is None:
+            raise not_found(f"peerID: {pid}")
+        return peer
+
+    def task(self, task_id: str) -> TaskProgress:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise not_found(f"taskID: {task_id}")
+        return task
+
+    def client(self, task_id: str, cid: str) -> ClientProgress:
+        client = self.task(task_id).clients.get(cid)
+        if client is None:
+            raise not_found(f"taskID: {task_id}, clientID: {cid}")
+        return client
+
+    def peer_ids(self) -> list[str]:
+        return list(self._peers)
+
+    def task_ids(self) -> list[str]:
+        return list(self._tasks)
+
+    # -- peers --
+
+    def add_peer(self, pid: str, *, serves: bool) -> None:
+        """Register a peer; registering a known PID again only updates whether it serves."""
+        peer = self._peers.get(pid)
+        if peer is None:
+            self._peers[pid] = PeerProgress(pid=pid, serves=serves, source=serves)
+            return
+        peer.serves = serves
+        self._refresh_source(peer)
+
+    def has_peer(self, pid: str) -> bool:
+        return pid in self._peers
+
+    def remove_peer(self, pid: str) -> None:
+        """Forget a peer, its clients and every blacklist row about it. Unknown PIDs are ignored."""
+        peer = self._peers.get(pid)
+        if peer is None:
+            return
+        for task_id, cid in list(peer.clients):
+            self.remove_client(task_id, cid)
+        if peer.source:
+            self._withdraw_source(peer)
+        for task_id in peer.held:
+            self._tasks[task_id].holding_peers.discard(pid)
+        for src in peer.blacklisted_by:
+            self._peers[src].blacklist.pop(pid, None)
+        for dst in peer.blacklist:
+            self._peers[dst].blacklisted_by.discard(pid)
+        del self._peers[pid]
+
+    def mark_service_down(self, pid: str, now: float) -> None:
+        """The peer's uploader is gone: it stops being a source now; GC removes it later (§7.1)."""
+        peer = self.peer(pid)
+        if peer.down_time is None:
+            peer.down_time = now
+            self._refresh_source(peer)
+
+    def peer_service_down_time(self, pid: str) -> float | None:
+        return self.peer(pid).down_time
+
+    # -- tasks and the CDN --
+
+    def add_task(self, task_id: str, super_pid: str) -> None:
+        """Start tracking a task; adding a known task again keeps its progress."""
+        if task_id not in self._tasks:
+            free = [PeerSet() for _ in range(self.limits.peer_up_limit)]
+            self._tasks[task_id] = TaskProgress(task_id=task_id, super_pid=super_pid, free=free)
+
+    def remove_task(self, task_id: str) -> None:
+        """Forget a task, its clients (releasing the loads they put on peers) and its holders."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        for cid in list(task.clients):
+            self.remove_client(task_id, cid)
+        for pid in task.holding_peers:
+            del self._peers[pid].held[task_id]
+        del self._tasks[task_id]
+
+    def cdn_piece_done(self, task_id: str, piece_num: int) -> None:
+        task = self.task(task_id)
+        task.cdn_done.add(piece_num)
+        task.cdn_failed.discard(piece_num)
+
+    def cdn_piece_failed(self, task_id: str, piece_num: int) -> None:
+        self.task(task_id).cdn_failed.add(piece_num)
+
+    def cdn_pieces(self, task_id: str) -> frozenset[int]:
+        return frozenset(self.task(task_id).cdn_done)
+
+    def super_load(self, task_id: str, now: float) -> int:
+        """Pieces the CDN is serving for this task, after the idle reset is applied."""
+        task = self.task(task_id)
+        self._expire_super_load(task, now)
+        return task.super_load
+
+    def holders(self, task_id: str, piece_num: int) -> frozenset[str]:
+        """The sources that can serve this piece now (the supernode is never one)."""
+        holders = self.task(task_id).holders.get(piece_num)
+        return frozenset(holders.items) if holders is not None else frozenset()
+
+    # -- clients --
+
+    def add_client(self, task_id: str, cid: str, pid: str) -> None:
+        """Start a client; a known CID starts over (as in Go), releasing what it had running."""
+        task = self.task(task_id)
+        peer = self.peer(pid)
+        if cid in task.clients:
+            self.remove_client(task_id, cid)
+        task.clients[cid] = ClientProgress(task_id=task_id, cid=cid, pid=pid)
+        peer.clients[task_id, cid] = None
+
+    def remove_client(self, task_id: str, cid: str) -> None:
+        """Forget a client and release its running pieces. The peer keeps serving what it holds."""
+        task = self._tasks.get(task_id)
+        client = task.clients.pop(cid, None) if task is not None else None
+        if task is None or client is None:
+            return
+        for run in client.running.values():
+            self._release(task, run, None)
+        self._peers[client.pid].clients.pop((task_id, cid), None)
+
+    def client_done(self, task_id: str, cid: str) -> frozenset[int]:
+        return frozenset(self.client(task_id, cid).done)
+
+    def client_done_count(self, task_id: str, cid: str) -> int:
+        return len(self.client(task_id, cid).done)
+
+    def client_running(self, task_id: str, cid: str) -> dict[int, str]:
+        return {num: run.dst for num, run in self.client(task_id, cid).running.items()}
+
+    def start_piece(self, task_id: str, cid: str, piece_num: int, dst_pid: str, now: float) -> None:
+        """Mark a piece RUNNING for the client from ``dst_pid`` and count it on the source's load.
+
+        This is the scheduler's primitive: it checks no limit, the scheduler does.
+        """
+        task = self.task(task_id)
+        client = self.client(task_id, cid)
+        if piece_num in client.done or piece_num in client.running:
+            raise invalid(f"taskID: {task_id}, clientID: {cid}: piece {piece_num} is held or running")
+        if dst_pid == task.super_pid:
+            self._expire_super_load(task, now)
+            task.super_load += 1
+            task.super_mtime = now
+            client.running[piece_num] = Run(dst_pid, task.super_epoch)
+            return
+        dst = self.peer(dst_pid)
+        client.running[piece_num] = Run(dst_pid, 0)
+        self._set_load(dst, dst.load + 1)
+
+    def update_piece(
+        self, task_id: str, cid: str, dst_pid: str, piece_num: int, status: PieceStatus, now: float
+    ) -> None:
+        """Apply a client's report about one piece (§4.3).
+
+        A report about a piece the client already holds is a no-op, so dfget's double success report
+        (``/peer/piece/suc`` and the next pull) counts once. ``dst_pid`` may be a peer that is gone:
+        the report still counts for the client. RUNNING is not a report: only the scheduler starts
+        pieces.
+        """
+        if status is PieceStatus.RUNNING:
+            raise invalid(f"taskID: {task_id}, clientID: {cid}: RUNNING is not a piece report")
+        task = self.task(task_id)
+        client = self.client(task_id, cid)
+        if piece_num in client.done:
+            return
+        run = client.running.pop(piece_num, None)
+        if run is not None:
+            self._release(task, run, now)
+        peer = self._peers[client.pid]
+        held = status in _HELD
+        if held:
+            client.done.add(piece_num)
+            if client.pid != task.super_pid:
+                self._hold(peer, task, piece_num)
+        if status is PieceStatus.WAITING or not dst_pid or task.super_pid in (client.pid, dst_pid):
+            return
+        dst = self._peers.get(dst_pid)
+        if held:
+            peer.client_errors = 0
+            if dst is not None:
+                dst.service_errors = 0
+                self._refresh_source(dst)
+            return
+        peer.client_errors += 1
+        if dst is not None:
+            peer.blacklist[dst_pid] = peer.blacklist.get(dst_pid, 0) + 1
+            dst.blacklisted_by.add(peer.pid)
+            dst.service_errors += 1
+            self._refresh_source(dst)
+
+    # -- internals --
+
+    def _hold(self, peer: PeerProgress, task: TaskProgress, piece_num: int) -> None:
+        held = peer.held.get(task.task_id)
+        first = held is None
+        if held is None:
+            held = peer.held[task.task_id] = set()
+            task.holding_peers.add(peer.pid)
+        elif piece_num in held:
+            return
+        held.add(piece_num)
+        if not peer.source:
+            return
+        self._add_holder(task, piece_num, peer.pid)
+        if first:
+            self._move(task, peer.pid, None, peer.load)
+
+    def _refresh_source(self, peer: PeerProgress) -> None:
+        limit = self.limits.elimination_limit
+        source = peer.serves and peer.down_time is None and peer.service_errors < limit
+        if source == peer.source:
+            return
+        if source:
+            peer.source = True
+            for task_id, pieces in peer.held.items():
+                task = self._tasks[task_id]
+                for num in pieces:
+                    self._add_holder(task, num, peer.pid)
+                self._move(task, peer.pid, None, peer.load)
+        else:
+            self._withdraw_source(peer)
+
+    def _withdraw_source(self, peer: PeerProgress) -> None:
+        peer.source = False
+        for task_id, pieces in peer.held.items():
+            task = self._tasks[task_id]
+            for num in pieces:
+                self._remove_holder(task, num, peer.pid)
+            self._move(task, peer.pid, peer.load, None)
+
+    @staticmethod
+    def _add_holder(task: TaskProgress, piece_num: int, pid: str) -> None:
+        holders = task.holders.get(piece_num)
+        if holders is None:
+            holders = task.holders[piece_num] = PeerSet()
+        holders.add(pid)
+        task.holder_counts[piece_num] = len(holders.items)
+
+    @staticmethod
+    def _remove_holder(task: TaskProgress, piece_num: int, pid: str) -> None:
+        holders = task.holders[piece_num]
+        holders.discard(pid)
+        if holders.items:
+            task.holder_counts[piece_num] = len(holders.items)
+        else:
+            del task.holders[piece_num]
+            del task.holder_counts[piece_num]
+
+    def _set_load(self, peer: PeerProgress, load: int) -> None:
+        # Floored because a PID re-registered after removal can still be named by stale running entries.
+        load = max(load, 0)
+        old, peer.load = peer.load, load
+        if not peer.source or old == load:
+            return
+        for task_id in peer.held:
+            self._move(self._tasks[task_id], peer.pid, old, load)
+
+    def _move(self, task: TaskProgress, pid: str, old: int | None, new: int | None) -> None:
+        """Move a source of the task from load ``old`` to ``new``; None means not a free source."""
+        limit = self.limits.peer_up_limit
+        if old is not None and old < limit:
+            task.free[old].discard(pid)
+        if new is not None and new < limit:
+            task.free[new].add(pid)
+            task.free_load[pid] = new
+        else:
+            task.free_load.pop(pid, None)
+
+    def _release(self, task: TaskProgress, run: Run, now: float | None) -> None:
+        if run.dst == task.super_pid:
+            if now is not None:
+                self._expire_super_load(task, now)
+            if run.epoch == task.super_epoch:
+                task.super_load -= 1
+                if now is not None:
+                    task.super_mtime = now
+            return
+        dst = self._peers.get(run.dst)
+        if dst is not None:
+            self._set_load(dst, dst.load - 1)
+
+    def _expire_super_load(self, task: TaskProgress, now: float) -> None:
+        if task.super_load and now - task.super_mtime >= self.limits.super_load_reset:
+            task.super_load = 0
+            task.super_epoch += 1
+
