@@ -7,7 +7,7 @@ tasks, peers or cache; every server binds a 127.0.0.0/8 address.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,15 @@ for _path in (str(_TESTS.parent), str(_TESTS)):
         sys.path.insert(0, _path)
 
 from v1proto import (  # noqa: E402
+    ClientFactory,
     OriginServer,
     SupernodeProcess,
     SupernodeStartError,
+    UploaderFactory,
     V1Client,
     V1Uploader,
     free_port,
 )
-
-UploaderFactory = Callable[..., Awaitable[V1Uploader]]
-ClientFactory = Callable[..., Awaitable[V1Client]]
 
 
 @pytest.fixture(name="free_port")

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -1120,6 +1120,12 @@ class V1Client:
                 return
             if success and answer.status != 200:
                 raise V1Error("metrics", f"POST /task/metrics: {answer.brief()}", status=answer.status)
+
+
+UploaderFactory = Callable[..., Awaitable[V1Uploader]]
+"""Type of the ``make_uploader`` fixture."""
+ClientFactory = Callable[..., Awaitable[V1Client]]
+"""Type of the ``make_client`` fixture."""
 
 
 # ---------------------------------------------------------------------------------------------------
