@@ -114,7 +114,7 @@ async def test_system_endpoints(api: TestClient) -> None:
     resp = await api.get("/version")
     raw = await resp.read()
     assert not raw.endswith(b"\n")
-    assert list((await resp.json()))[:2] == ["Arch", "GoVersion"]
+    assert list(await resp.json())[:2] == ["Arch", "GoVersion"]
     resp = await api.get("/metrics")
     text = await resp.text()
     assert "dragonfly_supernode_build_info" in text
