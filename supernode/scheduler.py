@@ -68,8 +68,10 @@ def schedule(
         raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: all sources busy")
 
     assignments: list[Assignment] = []
+    holders_of = task.holders.get
     for num in sort_pieces(available, task.holder_counts, running_center(client.running), rng):
-        dst = None if isolated else _pick_source(task, peer, num, rng)
+        holders = None if isolated or not task.free_load else holders_of(num)
+        dst = None if holders is None else _pick_source(task, holders, peer, rng)
         if dst is None:
             if cdn_slots <= 0:
                 if isolated or not _others_free(task, peer):
@@ -89,25 +91,21 @@ def schedule(
 def sort_pieces(
     pieces: Iterable[int], holder_counts: Mapping[int, int], center: int, rng: random.Random | None = None
 ) -> list[int]:
-    """Order pieces rarest first, then by distance to ``center``; equal pairs are ordered at random.
+    """Order pieces rarest first, then by distance to ``center``, ties by a coin flip.
 
-    Pieces missing from ``holder_counts`` have no holders. Each piece is packed into one integer key
-    so the sort runs in C: this is the per-pull hot path.
+    Pieces missing from ``holder_counts`` have no holders. A tie can only be the pair center-d and
+    center+d, so one coin per call decides whether the lower or the upper piece of each pair comes
+    first. Each piece is packed into one integer key so the sort runs in C: this is the per-pull hot
+    path.
     """
     nums = list(pieces)
     if not nums:
         return nums
     rng = rng if rng is not None else _DEFAULT_RNG
     span = max(max(nums), center) + 1
-    # Equal (count, distance) means the pair center-d / center+d; one random bit per distance orders it.
-    coins = rng.getrandbits(64)
+    upper_first = rng.getrandbits(1)
     count = holder_counts.get
-    keys = [
-        ((count(n, 0) * span + abs(n - center)) * 2 + ((coins >> (abs(n - center) & 63)) & 1 ^ (n < center)))
-        * span
-        + n
-        for n in nums
-    ]
+    keys = [((count(n, 0) * span + abs(d := n - center)) * 2 + ((d > 0) ^ upper_first)) * span + n for n in nums]
     keys.sort()
     return [key % span for key in keys]
 
@@ -117,7 +115,7 @@ def running_center(running_pieces: Collection[int]) -> int:
     return sum(running_pieces) // len(running_pieces) if running_pieces else 0
 
 
-def _pick_source(task: TaskProgress, peer: PeerProgress, piece_num: int, rng: random.Random) -> str | None:
+def _pick_source(task: TaskProgress, holders: PeerSet, peer: PeerProgress, rng: random.Random) -> str | None:
     """The least loaded eligible holder of the piece, ties at random; None if no peer qualifies.
 
     Only sources with a spare upload slot are in ``task.free_load``, so what is left to check here is
@@ -125,19 +123,19 @@ def _pick_source(task: TaskProgress, peer: PeerProgress, piece_num: int, rng: ra
     sources is scanned exactly when it is small, which is the common case (rare pieces have few
     holders, a busy swarm has few free sources); otherwise the load buckets are sampled.
     """
-    holders = task.holders.get(piece_num)
     free = task.free_load
-    if holders is None or not free:
-        return None
-    me, black = peer.pid, peer.blacklist
     if len(holders.items) <= len(free):
         if len(holders.items) > _SCAN_LIMIT:
             return _sample_buckets(task, holders, peer, rng)
-        found = [pid for pid in holders.items if pid in free and pid != me and pid not in black]
+        found = [pid for pid in holders.items if pid in free]
     else:
         if len(free) > _SCAN_LIMIT:
             return _sample_buckets(task, holders, peer, rng)
-        found = [pid for pid in free if pid in holders.pos and pid != me and pid not in black]
+        found = [pid for pid in free if pid in holders.pos]
+    if not found:
+        return None
+    me, black = peer.pid, peer.blacklist
+    found = [pid for pid in found if pid != me and pid not in black]
     if len(found) <= 1:
         return found[0] if found else None
     least = min(free[pid] for pid in found)

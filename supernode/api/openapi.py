@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
-from .routes import ERROR_MODEL, ROUTES, Route, mounted
+from .routes import ERROR_MODEL, INDEX_ROUTES, ROUTES, Route, mounted
 
 _REF = "#/components/schemas/{model}"
 
@@ -81,7 +81,7 @@ def build_openapi() -> dict[str, Any]:
     schemas: dict[str, Any] = dict(schema.get("$defs", {}))
     schemas["ResultInfo"] = _RESULT_INFO_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
-    for route in ROUTES:
+    for route in ROUTES + INDEX_ROUTES:
         for path in mounted(route):
             openapi_path = path.replace("{version:[0-9.]+}", "{version}")
             paths.setdefault(openapi_path, {})[route.method.lower()] = _operation(route, path)

@@ -33,6 +33,7 @@ from ..models import (
     VersionInfo,
 )
 from . import legacy, rest, system
+from .wire import json_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -134,6 +135,20 @@ ROUTES: tuple[Route, ...] = (
 
 ERROR_MODEL = ErrorResponse
 
+_CATEGORIES = {"/": ("legacy api", ""), "/api/v1/": ("v1 api", "/api/v1"), "/api/ext/": ("extension api", "/api/ext")}
+
+
+async def api_index(request: web.Request) -> web.Response:
+    """``GET /``, ``/api/v1/``, ``/api/ext/``: the routes of one category, as the Go router lists them."""
+    category, prefix = _CATEGORIES[handler_label(request.match_info.route.resource.canonical)]  # type: ignore[union-attr]
+    listed = [{"method": r.method, "path": prefix + r.path} for r in ROUTES if prefix in r.prefixes]
+    return json_response({"api": listed, "category": category, "prefix": prefix})
+
+
+INDEX_ROUTES = tuple(
+    Route("GET", path, api_index, f"List the routes of the {category}", "System", answer="json", errors=())
+    for path, (category, _) in _CATEGORIES.items())
+
 
 def mounted(route: Route) -> list[str]:
     """Every URL template under which ``route`` is served, version-prefixed forms included."""
@@ -142,10 +157,11 @@ def mounted(route: Route) -> list[str]:
 
 
 def add_routes(app: web.Application) -> None:
-    for route in ROUTES:
+    for route in ROUTES + INDEX_ROUTES:
         for path in mounted(route):
             app.router.add_route(route.method, path, route.handler)
 
 
 def handler_label(template: str) -> str:
-    return template.removeprefix(VERSION_PREFIX)
+    """``/v{version}/peers`` (aiohttp's canonical form) -> ``/peers``."""
+    return template.removeprefix(VERSION_PREFIX).removeprefix("/v{version}")

@@ -421,11 +421,15 @@ class TaskManager:
         return len(expired)
 
     def gc_peers(self, now: float) -> int:
-        """Peers with no download left, or down for longer than ``peer_gc_delay``, are forgotten."""
+        """Peers down for ``peer_gc_delay``, or that have had no download for as long, are forgotten.
+
+        The grace for idle peers lets a client that registered through ``POST /peers`` create its task.
+        """
         active = {client.peer_id for client in self.clients.values()}
+        delay = self.settings.peer_gc_delay
         victims = [p.id for p in self.peers.all() if p.id != self.super_peer.id and (
-            p.id not in active or (p.service_down_time is not None
-                                   and now - p.service_down_time >= self.settings.peer_gc_delay))]
+            (p.id not in active and now - p.created.timestamp() >= delay)
+            or (p.service_down_time is not None and now - p.service_down_time >= delay))]
         for pid in victims:
             self.remove_peer(pid)
         return len(victims)

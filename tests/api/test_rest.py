@@ -119,6 +119,7 @@ async def test_system_endpoints(api: TestClient) -> None:
     text = await resp.text()
     assert "dragonfly_supernode_build_info" in text
     assert 'dragonfly_supernode_http_requests_total{code="200",handler="/version"}' in text
+    assert 'dragonfly_supernode_http_requests_total{code="200",handler="/_ping"} 2.0' in text
 
 
 async def test_openapi_documents_every_served_route(api: TestClient) -> None:
@@ -210,3 +211,14 @@ async def test_task_errors(api: TestClient, origin: OriginServer) -> None:
     assert "not reachable" in await _error(
         await api.post("/tasks", json={"cID": "c", "rawURL": origin.url("/missing.bin"), "peerID": pid}), 400)
     await _error(await api.delete(f"/tasks/{unknown}?full=maybe"), 400)
+
+
+@pytest.mark.parametrize(("path", "category", "sample"), [
+    ("/", "legacy api", "/peer/registry"), ("/api/v1/", "v1 api", "/api/v1/peers"),
+    ("/v1.24/api/v1/", "v1 api", "/api/v1/tasks/{id}/pieces"), ("/api/ext/", "extension api", None),
+])
+async def test_category_indexes(api: TestClient, path: str, category: str, sample: str | None) -> None:
+    body = await (await api.get(path)).json()
+    assert body["category"] == category
+    paths = [entry["path"] for entry in body["api"]]
+    assert sample in paths if sample else paths == []
