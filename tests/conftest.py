@@ -13,15 +13,16 @@ from typing import Any
 
 import pytest
 
-# The project is not installed into the test interpreter and pyproject.toml sets no pythonpath, so make
-# the `supernode` package (repo root) and the `v1proto` harness (this folder) importable however pytest
-# is started (`pytest`, `python -m pytest`, from any directory).
+# pyproject.toml sets no pythonpath and the package may not be installed: put the repo root on sys.path
+# so that `supernode` and `tests.v1proto` import however pytest is started. This folder is added too,
+# for harness users that still write `import v1proto`; new code should import `tests.v1proto` (one
+# module object, so `except V1Error` and isinstance checks agree everywhere).
 _TESTS = Path(__file__).resolve().parent
 for _path in (str(_TESTS.parent), str(_TESTS)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from v1proto import (  # noqa: E402
+from tests.v1proto import (  # noqa: E402
     ClientFactory,
     OriginServer,
     SupernodeProcess,

@@ -66,14 +66,14 @@ QUEUE_POLL = 2.0  # dfget re-sends its latest pull after this long without a que
 WAIT_FIRST, WAIT_MAX = 0.05, 1.0  # back-off after a 602, doubled each time
 CHUNK = 64 * 1024
 
-# What dfget sends (§1.3).
-RESULT_FAIL, RESULT_SUC, RESULT_INVALID, RESULT_SEMISUC = 500, 501, 502, 503
-STATUS_START, STATUS_RUNNING, STATUS_FINISH = 700, 701, 702
+# What dfget 1.0.x sends (§1.3; it never sends result 501 or status 702).
+RESULT_FAIL, RESULT_INVALID, RESULT_SEMISUC = 500, 502, 503
+STATUS_START, STATUS_RUNNING = 700, 701
 # What the supernode answers (§1.3).
 CODE_OK = 200
 CODE_URL_NOT_REACHABLE = 607
 CODE_PEER_FINISH, CODE_PEER_CONTINUE, CODE_PEER_WAIT = 600, 601, 602
-CODE_PIECE_REPORTED, CODE_SERVICE_DOWN = 611, 612
+CODE_PIECE_REPORTED = 611
 
 PIECE_TASK_KEYS = frozenset(
     {"range", "pieceNum", "pieceSize", "pieceMd5", "cid", "peerIp", "peerPort", "path", "downLink"}
@@ -700,14 +700,12 @@ class _Item:
 class _Run:
     """The state of one dfget run."""
 
-    sign: str
     cid: str
     task_file_name: str
     service: Path
     output: Path
     fd: int = -1
     task_id: str = ""
-    piece_size: int = 0
     register: dict[str, Any] = field(default_factory=dict)
     queue: asyncio.Queue[_Item | V1Error] = field(default_factory=asyncio.Queue)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -814,7 +812,7 @@ class V1Client:
         service = (
             self.uploader.data_dir / f"{name}.service" if self.uploader else self.work_dir / f"dfget-{sign}.tmp"
         )
-        run = _Run(sign, dfget_cid(self.ip, sign), name, service, self.work_dir / output)
+        run = _Run(dfget_cid(self.ip, sign), name, service, self.work_dir / output)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
@@ -907,7 +905,7 @@ class V1Client:
             raise V1Error("register", f"malformed register data: {answer.brief()}", status=200, code=CODE_OK)
         if data.get("cdnSource") == "source":
             raise V1Error("register", "source-CDN mode (cdnSource=source) is not supported by this harness")
-        run.task_id, run.piece_size, run.register = data["taskId"], data["pieceSize"], data
+        run.task_id, run.register = data["taskId"], data
 
     async def _pull(self, run: _Run, item: _Item) -> Answer:
         run.pulls += 1

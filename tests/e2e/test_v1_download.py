@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 
 import pytest
-from v1proto import (
+
+from supernode import ids, pieces
+from tests.v1proto import (
     CODE_PEER_CONTINUE,
     CODE_PEER_FINISH,
     CODE_PEER_WAIT,
@@ -23,8 +25,6 @@ from v1proto import (
     V1Error,
     pattern_bytes,
 )
-
-from supernode import ids, pieces
 
 MIB = 1024 * 1024
 PIECE_SIZE = 4 * MIB
@@ -130,6 +130,24 @@ async def test_missing_file(origin: OriginServer, make_client: ClientFactory) ->
         assert status in {"FAILED", "SOURCE_ERROR"}, f"task of a 404 source: {info_answer.brief()}"
     else:
         assert info_answer.status >= 400, info_answer.brief()
+
+
+async def test_cache_survives_restart(
+    origin: OriginServer, supernode: SupernodeProcess, make_client: ClientFactory
+) -> None:
+    """After a restart the file is served from the disk cache once the origin confirms it (§5.4: 304)."""
+    data = pattern_bytes(5 * MIB)
+    origin.files["/cached.bin"] = data
+    url = origin.url("/cached.bin")
+    first = await (await make_client("127.0.0.2")).download(url)
+    check_download(first, url, data)
+    await supernode.restart()
+    second = await (await make_client("127.0.0.3")).download(url)
+    check_download(second, url, data)
+    assert origin.full_transfers["/cached.bin"] == 1, f"the source was fetched again: {origin.log}"
+    assert any(
+        "If-None-Match" in request.headers or "If-Modified-Since" in request.headers for request in origin.log
+    ), f"the cache was reused without asking the origin whether it changed: {origin.log}"
 
 
 async def test_four_peers_share_one_file(origin: OriginServer, make_client: ClientFactory) -> None:

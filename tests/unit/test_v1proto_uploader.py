@@ -16,8 +16,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from v1proto import (
+
+from supernode import pieces
+from supernode.ids import super_cid
+from tests.v1proto import (
     RESULT_FAIL,
+    Answer,
     DownloadResult,
     RangeNotSatisfiable,
     UploadParams,
@@ -32,9 +36,6 @@ from v1proto import (
     raw_request,
     task_file_name,
 )
-
-from supernode import pieces
-from supernode.ids import super_cid
 
 MIB = 1024 * 1024
 PIECE_SIZE = 4 * MIB
@@ -64,7 +65,7 @@ async def get_piece(
     session: aiohttp.ClientSession, uploader: V1Uploader, byte_range: str, piece_num: int = 0,
     piece_size: int = PIECE_SIZE, *, name: str = NAME, header_case: str = "Piecenum",
     extra: dict[str, str] | None = None,
-):
+) -> Answer:
     headers = {"Range": f"bytes={byte_range}", header_case: str(piece_num), "pieceSize": str(piece_size)}
     return await raw_request(
         session, "GET", f"{uploader.url}/peer/file/{name}", headers={**headers, **(extra or {})}
