@@ -6,23 +6,13 @@ tasks, peers or cache; every server binds a 127.0.0.0/8 address.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# pyproject.toml sets no pythonpath and the package may not be installed: put the repo root on sys.path
-# so that `supernode` and `tests.v1proto` import however pytest is started. This folder is added too,
-# for harness users that still write `import v1proto`; new code should import `tests.v1proto` (one
-# module object, so `except V1Error` and isinstance checks agree everywhere).
-_TESTS = Path(__file__).resolve().parent
-for _path in (str(_TESTS.parent), str(_TESTS)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from tests.v1proto import (  # noqa: E402
+from tests.v1proto import (
     ClientFactory,
     OriginServer,
     SupernodeProcess,

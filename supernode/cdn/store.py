@@ -101,9 +101,10 @@ class CacheStore:
             return -1
 
     def delete(self, task_id: str) -> None:
-        """Remove the data, ``.meta`` and ``.md5`` files, then the bucket directory if it is empty."""
+        """Remove the data, ``.meta`` and ``.md5`` files (and temp files), then the bucket dir if it is empty."""
         path = self.data_path(task_id)
-        for victim in (path, self._sibling(task_id, ".meta"), self._sibling(task_id, ".md5")):
+        suffixes = (".meta", ".md5", ".meta.tmp", ".md5.tmp")  # a crash may leave a ``_replace`` temp file
+        for victim in (path, *(self._sibling(task_id, suffix) for suffix in suffixes)):
             with contextlib.suppress(FileNotFoundError):
                 victim.unlink()
         with contextlib.suppress(OSError):

@@ -12,7 +12,13 @@ Invariants:
 - ``.md5`` is written, and ``.meta`` says ``success``, only after the whole-file length and MD5 checks
   pass; a cache hit re-verifies every piece against ``.md5`` before anything is served;
 - a failed download keeps ``finish=false`` in ``.meta`` when it can be resumed (the origin went away),
-  and is discarded when the content itself was wrong (length or MD5 mismatch).
+  and is discarded when the content itself was wrong (length or MD5 mismatch);
+- a resumed download only continues bytes the origin vouches for: ``If-Range`` is sent, and a 206 whose
+  ``Content-Range`` or validators do not match the interrupted download is thrown away;
+- the bytes stream through: a download holds a few pieces' worth of memory at most, and a cache check
+  reads one piece at a time, whatever the file size;
+- a blocking write in a worker thread is always waited for, even when the download is cancelled, so
+  its file descriptor is never closed (and reused) under it.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from typing import TypeVar
 
 import aiohttp
 
@@ -42,6 +50,7 @@ from ..tasks import Task
 log = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
+_T = TypeVar("_T")
 
 
 class _Fail(Exception):
@@ -99,6 +108,38 @@ def _has_header(headers: dict[str, str], name: str) -> bool:
     return any(k.lower() == name.lower() for k in headers)
 
 
+def _if_range(meta: CacheMeta) -> str:
+    """The ``If-Range`` validator for resuming ``meta``'s download ("" when there is none usable).
+
+    ``If-Range`` needs a strong comparison, so a weak ETag cannot be used; the date is the fallback.
+    """
+    if meta.etag and not meta.etag.startswith("W/"):
+        return meta.etag
+    return _http_date(meta.last_modified) if meta.last_modified else ""
+
+
+async def _finish_in_thread(fn: Callable[..., _T], *args: object,
+                            abandon: Callable[[_T], None] | None = None) -> _T:
+    """Run blocking ``fn`` in a worker thread and wait for it to finish even if we are cancelled.
+
+    A thread cannot be interrupted; returning early would let the caller close a file descriptor
+    the thread is still writing to. On cancellation the result is handed to ``abandon`` (e.g. to
+    close a descriptor that was just opened) and ``CancelledError`` is raised once the thread is done.
+    """
+    job = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    cancelled = False
+    while not job.done():
+        try:
+            await asyncio.wait({job})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if abandon is not None and job.exception() is None:
+            abandon(job.result())
+        raise asyncio.CancelledError
+    return job.result()
+
+
 class CdnManager:
     def __init__(self, *, store: CacheStore, source: SourceClient, progress: ProgressState, metrics: Metrics,
                  rate: int) -> None:
@@ -113,69 +154,98 @@ class CdnManager:
         """Make ``task``'s content available; return once the origin has answered.
 
         On return the task is SUCCESS (cache hit) or RUNNING (a background download fills the cache).
-        Raises ``DfError`` (URL_NOT_REACHABLE or AUTHENTICATION_REQUIRED) when the origin refuses.
+        Raises ``DfError`` (URL_NOT_REACHABLE or AUTHENTICATION_REQUIRED) when the origin refuses, or
+        SYSTEM_ERROR when the cache cannot be read or written; ``task`` is then FAILED with the reason.
         """
         self.metrics.cdn_trigger_total.inc()
         try:
-            await self._prepare(task)
-        except DfError:
+            try:
+                await self._prepare(task)
+            except OSError as exc:
+                raise DfError(DfCode.SYSTEM_ERROR, f"taskID: {task.id}", f"cache access failed: {exc}") from exc
+        except DfError as exc:
             self.metrics.cdn_trigger_failed_total.inc()
+            task.cdn_status = CdnStatus.FAILED
+            task.fail_reason = exc.msg
             raise
 
     async def _prepare(self, task: Task) -> None:
+        """One request to the origin: conditional (finished cache), ranged (resume) or plain.
+
+        The cache is verified *before* it is revalidated, so a corrupt cache costs one plain fetch and
+        a 200 to the conditional request can be streamed at once. A second request is sent only when
+        the origin answers a resume with a range that does not continue the interrupted download.
+        """
         spec = task.spec
         meta = await asyncio.to_thread(self.store.read_meta, spec.task_id)
         if meta is not None and not self._meta_matches(meta, task):
             meta = None
-        for _attempt in range(2):
-            headers = dict(spec.headers)
-            partial: _Partial | None = None
-            validating = False
-            if meta is not None and meta.finish and meta.success and (meta.etag or meta.last_modified):
-                validating = True
-                if meta.etag:
-                    headers["If-None-Match"] = meta.etag
-                if meta.last_modified:
-                    headers["If-Modified-Since"] = _http_date(meta.last_modified)
-            elif (meta is not None and not meta.finish and (meta.etag or meta.last_modified)
-                  and not _has_header(headers, "Range")):
-                partial = await asyncio.to_thread(self._scan_partial, spec.task_id, meta.piece_size)
-                if partial.pieces:
-                    headers["Range"] = f"bytes={partial.pieces * data_size(meta.piece_size)}-"
-                    headers["If-Range"] = meta.etag or _http_date(meta.last_modified)
-                else:
-                    partial = None
-            resp = await self._open(task, headers)
-            try:
-                if validating and meta is not None and self._unchanged(resp, meta):
-                    resp.release()
-                    if await self._serve_from_cache(task, meta):
-                        return
-                    meta = None
-                    continue
-                if partial is not None and meta is not None and resp.status == 206:
-                    start, total = _content_range_total(resp)
-                    if start == partial.pieces * data_size(meta.piece_size) and total == meta.http_file_len:
-                        self._start(task, resp, meta.http_file_len, meta.piece_size, partial, meta)
-                        return
-                    resp.release()
-                    meta = None
-                    continue
-                if resp.status in (200, 206):
-                    length = _content_length(resp) if resp.status == 200 or _has_header(spec.headers, "Range") \
-                        else -1
-                    if resp.status == 206 and not _has_header(spec.headers, "Range"):
-                        resp.release()
-                        raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {spec.raw_url}",
-                                      "source answered 206 to a request without Range")
-                    self._start(task, resp, length, piece_size_for(length), None, None)
+        cached: list[str] | None = None
+        if meta is not None and meta.finish and meta.success and (meta.etag or meta.last_modified):
+            cached = await asyncio.to_thread(self._verify_cache, spec.task_id, meta)
+            if cached is None:
+                self.metrics.cdn_cache_verify_failed_total.inc()
+                log.warning("cache of task %s failed verification, fetching again", task.id)
+                await asyncio.to_thread(self.store.delete, task.id)
+                meta = None
+        partial: _Partial | None = None
+        if meta is not None and cached is None and self._resumable(meta, task):
+            partial = await asyncio.to_thread(self._scan_partial, spec.task_id, meta)
+            if not partial.pieces:
+                partial = None
+        headers = dict(spec.headers)
+        if cached is not None and meta is not None:
+            if meta.etag:
+                headers["If-None-Match"] = meta.etag
+            if meta.last_modified:
+                headers["If-Modified-Since"] = _http_date(meta.last_modified)
+        elif partial is not None and meta is not None:
+            headers["Range"] = f"bytes={partial.pieces * data_size(meta.piece_size)}-"
+            headers["If-Range"] = _if_range(meta)
+        resp = await self._open(task, headers)
+        try:
+            if cached is not None and meta is not None and self._unchanged(resp, meta):
+                resp.release()
+                await self._serve_from_cache(task, meta, cached)
+                return
+            if partial is not None and meta is not None and resp.status != 200:
+                if resp.status == 206 and self._continues(resp, meta, partial):
+                    self._start(task, resp, meta.http_file_len, meta.piece_size, partial, meta)
                     return
-                resp.release()
-                raise self._refusal(task, resp.status)
-            except BaseException:
-                resp.release()
-                raise
-        raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {spec.raw_url}", "cache could not be revalidated")
+                if resp.status in (206, 416):
+                    log.info("task %s: the origin cannot continue the interrupted download (HTTP %d %s), "
+                             "fetching it whole", task.id, resp.status, resp.headers.get("Content-Range", ""))
+                    resp.release()
+                    resp = await self._open(task, dict(spec.headers))
+            if resp.status in (200, 206):
+                if resp.status == 206 and not _has_header(spec.headers, "Range"):
+                    raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {spec.raw_url}",
+                                  "source answered 206 to a request without Range")
+                length = _content_length(resp)
+                self._start(task, resp, length, piece_size_for(length), None, None)
+                return
+            raise self._refusal(task, resp.status)
+        except BaseException:
+            resp.release()
+            raise
+
+    @staticmethod
+    def _resumable(meta: CacheMeta, task: Task) -> bool:
+        """An unfinished download of known length whose origin gave a validator usable in ``If-Range``."""
+        return (not meta.finish and meta.http_file_len > 0 and bool(_if_range(meta))
+                and not _has_header(task.spec.headers, "Range"))
+
+    @staticmethod
+    def _continues(resp: aiohttp.ClientResponse, meta: CacheMeta, partial: _Partial) -> bool:
+        """A 206 that is exactly the rest of the interrupted download, of the same content."""
+        start, total = _content_range_total(resp)
+        if start != partial.pieces * data_size(meta.piece_size) or total != meta.http_file_len:
+            return False
+        etag = resp.headers.get("ETag")
+        if etag is not None and meta.etag and etag != meta.etag:
+            return False
+        modified = resp.headers.get("Last-Modified")
+        return modified is None or not meta.last_modified or _http_date_ms(modified) == meta.last_modified
 
     def _meta_matches(self, meta: CacheMeta, task: Task) -> bool:
         spec = task.spec
@@ -190,6 +260,9 @@ class CdnManager:
         if resp.status == 304:
             return True
         if resp.status != 200:
+            return False
+        length = _content_length(resp)
+        if length >= 0 and length != meta.http_file_len:
             return False
         etag = resp.headers.get("ETag", "")
         modified = _http_date_ms(resp.headers.get("Last-Modified"))
@@ -216,14 +289,8 @@ class CdnManager:
         return DfError(DfCode.URL_NOT_REACHABLE, f"taskID: {task.id}, url: {url}",
                        f"url not reachable: source answered HTTP {status}")
 
-    async def _serve_from_cache(self, task: Task, meta: CacheMeta) -> bool:
-        """Adopt a finished cache entry after checking every piece against ``.md5``; False if it is bad."""
-        md5s = await asyncio.to_thread(self._verify_cache, task.id, meta)
-        if md5s is None:
-            self.metrics.cdn_cache_verify_failed_total.inc()
-            log.warning("cache of task %s failed verification, fetching again", task.id)
-            await asyncio.to_thread(self.store.delete, task.id)
-            return False
+    async def _serve_from_cache(self, task: Task, meta: CacheMeta, md5s: list[str]) -> None:
+        """Adopt a finished cache entry whose pieces were verified against ``.md5``."""
         task.http_file_length = meta.http_file_len
         task.piece_size = meta.piece_size
         task.file_length = meta.file_length
@@ -237,7 +304,6 @@ class CdnManager:
         meta.access_time = now
         await asyncio.to_thread(self.store.write_meta, meta)
         self.metrics.cdn_cache_hit_total.inc()
-        return True
 
     def _verify_cache(self, task_id: str, meta: CacheMeta) -> list[str] | None:
         sealed = self.store.read_md5s(task_id)
@@ -253,8 +319,10 @@ class CdnManager:
             return None
         try:
             for n, expected in enumerate(piece_md5s):
-                expected_len = int(expected.rpartition(":")[2] or 0)
-                block = os.pread(fd, expected_len, n * meta.piece_size)
+                length_text = expected.rpartition(":")[2]
+                if not length_text.isdigit() or not 0 < int(length_text) <= meta.piece_size:
+                    return None
+                block = os.pread(fd, int(length_text), n * meta.piece_size)
                 if piece_md5_text(hashlib.md5(block).hexdigest(), len(block)) != expected:
                     return None
                 raw.update(block[HEAD_SIZE:-1])
@@ -262,25 +330,44 @@ class CdnManager:
             os.close(fd)
         return piece_md5s if raw.hexdigest() == real_md5 else None
 
-    def _scan_partial(self, task_id: str, piece_size: int) -> _Partial:
-        """Complete, well-framed pieces at the start of an interrupted download."""
+    def _scan_partial(self, task_id: str, meta: CacheMeta) -> _Partial:
+        """Complete, well-framed pieces at the start of an interrupted download.
+
+        At least one byte is always left to fetch, so the ranged request can never be unsatisfiable
+        (all full pieces of a file whose length is a multiple of the piece data size may be on disk).
+        """
         partial = _Partial()
+        piece_size = meta.piece_size
         per = data_size(piece_size)
         head = piece_head(per, piece_size)
+        limit = (meta.http_file_len - 1) // per
         try:
             fd = os.open(self.store.data_path(task_id), os.O_RDONLY)
         except OSError:
             return partial
         try:
-            while True:
+            while partial.pieces < limit:
                 block = os.pread(fd, piece_size, partial.pieces * piece_size)
                 if len(block) != piece_size or block[:HEAD_SIZE] != head or block[-1] != TAIL_BYTE:
                     return partial
                 partial.piece_md5s.append(piece_md5_text(hashlib.md5(block).hexdigest(), piece_size))
                 partial.raw_md5.update(block[HEAD_SIZE:-1])
                 partial.pieces += 1
+            return partial
         finally:
             os.close(fd)
+
+    def _open_data(self, task_id: str, partial: _Partial | None, piece_size: int) -> int:
+        """The data file to write: fresh, or the interrupted one cut back to its complete pieces."""
+        if partial is None:
+            return self.store.open_fresh(task_id)
+        fd = self.store.open_existing(task_id)
+        try:
+            os.ftruncate(fd, partial.pieces * piece_size)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     def _start(self, task: Task, resp: aiohttp.ClientResponse, length: int, piece_size: int,
                partial: _Partial | None, meta: CacheMeta | None) -> None:
@@ -311,7 +398,7 @@ class CdnManager:
         fd = -1
         try:
             await asyncio.to_thread(self.store.write_meta, meta)
-            fd = await asyncio.to_thread(self.store.open_existing if partial else self.store.open_fresh, task.id)
+            fd = await _finish_in_thread(self._open_data, task.id, partial, task.piece_size, abandon=os.close)
             await self._stream(task, resp, fd, meta, partial or _Partial())
         except asyncio.CancelledError:
             raise
@@ -322,6 +409,9 @@ class CdnManager:
                              resumable=True)
         except OSError as exc:
             await self._fail(task, meta, f"cache write failed: {exc}", "disk", resumable=False)
+        except Exception as exc:  # never leave a task RUNNING (clients would wait forever)
+            log.exception("task %s: unexpected error while fetching", task.id)
+            await self._fail(task, meta, f"internal error: {exc!r}", "other", resumable=False)
         else:
             log.info("task %s fetched: %d bytes in %.2fs", task.id, task.http_file_length,
                      time.monotonic() - started)
@@ -346,21 +436,23 @@ class CdnManager:
             raw.update(chunk)
             buf += chunk
             while len(buf) >= per:
-                await self._write_piece(task, fd, piece, bytes(buf[:per]))
+                with memoryview(buf) as view:
+                    data = bytes(view[:per])
                 del buf[:per]
+                await self._write_piece(task, fd, piece, data)
                 piece += 1
         if buf or piece == 0:
             await self._write_piece(task, fd, piece, bytes(buf))
             piece += 1
         expected = task.http_file_length - partial.pieces * per
         if task.http_file_length >= 0 and received != expected:
-            raise _Fail(f"source sent {received} of {expected} bytes", "source_error", resumable=True)
+            raise _Fail(f"source sent {received} of {expected} bytes", "length_mismatch", resumable=True)
         real_md5 = raw.hexdigest()
         if task.spec.md5.strip() and task.spec.md5.strip().lower() != real_md5:
             raise _Fail(f"md5 mismatch: expected {task.spec.md5}, source content has {real_md5}", "md5_mismatch",
                         resumable=False)
         if task.http_file_length < 0:
-            task.http_file_length = received
+            task.http_file_length = partial.pieces * per + received
         length = task.http_file_length
         file_length = max(length, 0) + 5 * piece
         await asyncio.to_thread(self.store.write_md5s, task.id, task.piece_md5s, real_md5)
@@ -374,7 +466,7 @@ class CdnManager:
         task.cdn_status = CdnStatus.SUCCESS
 
     async def _write_piece(self, task: Task, fd: int, piece_num: int, data: bytes) -> None:
-        md5_text = await asyncio.to_thread(self._pwrite_piece, fd, piece_num, data, task.piece_size)
+        md5_text = await _finish_in_thread(self._pwrite_piece, fd, piece_num, data, task.piece_size)
         task.piece_md5s.append(md5_text)
         self.progress.cdn_piece_done(task.id, piece_num)
 
@@ -390,17 +482,22 @@ class CdnManager:
         return piece_md5_text(hashlib.md5(framed).hexdigest(), len(framed))
 
     async def _fail(self, task: Task, meta: CacheMeta, reason: str, kind: str, *, resumable: bool) -> None:
+        """Keep what a later ranged request can continue, drop the rest, *then* publish FAILED.
+
+        FAILED is set last: it lets the next register fetch again, and that fetch must not race
+        with this cleanup (a late ``delete`` would remove the new download's files).
+        """
         log.warning("task %s failed: %s", task.id, reason)
-        task.cdn_status = CdnStatus.FAILED
-        task.fail_reason = reason
-        self.progress.cdn_piece_failed(task.id, len(task.piece_md5s))
-        self.metrics.cdn_download_failed_total.inc()
-        self.metrics.task_failed(kind)
         with contextlib.suppress(OSError):
-            if resumable and (meta.etag or meta.last_modified):
+            if resumable and meta.http_file_len > 0 and _if_range(meta):
                 await asyncio.to_thread(self.store.write_meta, meta)
             else:
                 await asyncio.to_thread(self.store.delete, task.id)
+        task.fail_reason = reason
+        task.cdn_status = CdnStatus.FAILED
+        self.progress.cdn_piece_failed(task.id, len(task.piece_md5s))
+        self.metrics.cdn_download_failed_total.inc()
+        self.metrics.task_failed(kind)
 
     async def stop(self, task_id: str) -> None:
         job = self._downloads.pop(task_id, None)
