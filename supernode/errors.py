@@ -69,6 +69,13 @@ class DfError(Exception):
         return f"{self.context}: {tail}" if self.context else tail
 
 
+class SourceNotFound(DfError):
+    """The origin says the content does not exist (404/410): worth remembering for a while (§5.1)."""
+
+    def __init__(self, context: str, msg: str) -> None:
+        super().__init__(DfCode.URL_NOT_REACHABLE, context, msg)
+
+
 def not_found(context: str) -> DfError:
     return DfError(DfCode.DATA_NOT_FOUND, context)
 

@@ -39,7 +39,7 @@ import aiohttp
 
 from ..cdn.source import SourceClient
 from ..cdn.store import CacheMeta, CacheStore
-from ..errors import DfCode, DfError
+from ..errors import DfCode, DfError, SourceNotFound
 from ..metrics import Metrics
 from ..models import CdnStatus
 from ..pieces import HEAD_SIZE, TAIL_BYTE, data_size, piece_head, piece_md5_text, piece_size_for, wrap
@@ -286,8 +286,10 @@ class CdnManager:
             return DfError(DfCode.AUTHENTICATION_REQUIRED, f"url: {url}", f"source answered HTTP {status}")
         reason = "source_not_found" if status in (404, 410) else "source_error"
         self.metrics.task_failed(reason)
-        return DfError(DfCode.URL_NOT_REACHABLE, f"taskID: {task.id}, url: {url}",
-                       f"url not reachable: source answered HTTP {status}")
+        context, msg = f"taskID: {task.id}, url: {url}", f"url not reachable: source answered HTTP {status}"
+        if status in (404, 410):
+            return SourceNotFound(context, msg)
+        return DfError(DfCode.URL_NOT_REACHABLE, context, msg)
 
     async def _serve_from_cache(self, task: Task, meta: CacheMeta, md5s: list[str]) -> None:
         """Adopt a finished cache entry whose pieces were verified against ``.md5``."""

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from ..cdn.source import TlsOptions
 from ..config import Settings
-from ..errors import DfCode, DfError, invalid, not_found
+from ..errors import DfCode, DfError, SourceNotFound, invalid, not_found
 from ..ids import (
     cdn_http_path,
     convert_headers,
@@ -73,6 +73,9 @@ class TaskManager:
         self._cid_of: dict[tuple[str, str], str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._unreachable: dict[str, tuple[float, DfError]] = {}
+        # The outcome of the last failed source attempt per task: registrants that were already waiting
+        # for it share it instead of each trying the origin again in turn.
+        self._last_failure: dict[str, tuple[float, DfError]] = {}
 
     # ------------------------------------------------------------------ registration
 
@@ -131,7 +134,11 @@ class TaskManager:
         """The live task for ``spec``: joined if it runs or succeeded, else (re)fetched, once at a time."""
         self.cdn.source.remember_tls(spec.raw_url, spec.tls)
         lock = self._locks.setdefault(spec.task_id, asyncio.Lock())
+        arrived = time.monotonic()
         async with lock:
+            failed = self._last_failure.get(spec.task_id)
+            if failed is not None and failed[0] >= arrived:
+                raise failed[1]
             task = self.tasks.get(spec.task_id)
             if task is not None and task.spec.conflicts_with(spec):
                 raise DfError(DfCode.TASK_ID_DUPLICATE, spec.task_id)
@@ -152,8 +159,9 @@ class TaskManager:
             try:
                 await self.cdn.prepare(task)
             except DfError as exc:
-                if exc.code == DfCode.URL_NOT_REACHABLE and "HTTP 404" in exc.msg:
+                if isinstance(exc, SourceNotFound):
                     self._unreachable[spec.task_id] = (time.monotonic() + self.settings.fail_access_interval, exc)
+                self._last_failure[spec.task_id] = (time.monotonic(), exc)
                 if fresh:
                     self.progress.remove_task(task.id)
                 raise
@@ -407,6 +415,7 @@ class TaskManager:
         self.tasks.pop(task.id, None)
         self._locks.pop(task.id, None)
         self._unreachable.pop(task.id, None)
+        self._last_failure.pop(task.id, None)
         if full:
             await asyncio.to_thread(self.cdn.store.delete, task.id)
 
@@ -418,6 +427,10 @@ class TaskManager:
         now_mono = time.monotonic()
         for tid in [k for k, (until, _) in self._unreachable.items() if until <= now_mono]:
             del self._unreachable[tid]
+        for tid in [k for k, (at, _) in self._last_failure.items() if at < now_mono - 60]:
+            del self._last_failure[tid]
+        for tid in [k for k, lock in self._locks.items() if k not in self.tasks and not lock.locked()]:
+            del self._locks[tid]
         return len(expired)
 
     def gc_peers(self, now: float) -> int:

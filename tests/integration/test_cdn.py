@@ -631,3 +631,17 @@ async def test_wrong_user_md5_fails_the_task_and_discards_the_cache(
 
     good = await register_ok(Peer(session, node), url, md5=md5_hex(data))
     await api.wait_cdn(good, {"SUCCESS"})
+
+
+async def test_registrants_waiting_on_a_failing_source_share_its_answer(
+        origin: Origin, start_node: NodeFactory, session: aiohttp.ClientSession) -> None:
+    origin.put("/flaky", b"data")
+    origin.misbehave("/flaky", status=503, header_delay=0.3)
+    node = await start_node()
+    url = origin.url("/flaky")
+    answers = await asyncio.gather(*(Peer(session, node).register(url) for _ in range(6)))
+    assert all(a["code"] == 607 and "503" in a["msg"] for a in answers), answers
+    assert len(origin.requests("/flaky")) == 1
+    again = await Peer(session, node).register(url)
+    assert again["code"] == 607
+    assert len(origin.requests("/flaky")) == 2, "a later registration asks the origin again"
