@@ -18,19 +18,21 @@ Invariants kept by every method, which the scheduler relies on to stay cheap:
   read per piece. Holder sets are pruned eagerly when a peer stops being a source (and refilled if it
   becomes one again), instead of lazily as in Go, so counts are never inflated by dead peers.
 - ``task.free_load`` maps each source that holds at least one piece of the task and has a spare
-  upload slot to its load, and ``task.free[load]`` holds the same sources grouped by load: the
-  scheduler finds the least loaded eligible holder of a piece by intersecting the smaller of these
-  with the piece's holders, never by scanning every peer.
-- A peer's ``load`` equals the number of running entries (of any client) whose source it is, and a
+  upload slot to its load, ``task.free[load]`` holds the same sources grouped by load, and
+  ``task.free_counts[n]`` counts those that hold piece ``n`` (absent when 0). A busy swarm has many
+  pieces whose holders are all busy: the count lets the scheduler skip each of them in O(1), and
+  the least loaded holder of the others is found by intersecting small sets, never by scanning
+  every peer. Keeping the count costs O(pieces held) when a peer's upload slots fill up or free up.
+- A peer's ``load`` is the number of running entries (of any client) whose source it is, and a
   task's ``super_load`` the number of its running entries served by the CDN since the last idle reset.
   Loads are released exactly when a running entry ends, so repeated or stray reports cannot drive them
-  below the truth (Go decrements on every report).
+  below the truth (Go decrements on every report). A running entry whose source peer was removed
+  still takes a download slot of its client until reported, but counts on no load.
 """
 
 from __future__ import annotations
 
 import enum
-import random
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -67,11 +69,12 @@ class Limits:
 
 
 class PeerSet:
-    """An insertion-ordered set of PIDs with O(1) add, discard and uniform random choice.
+    """A set of PIDs with O(1) add and remove that can also be sampled by index.
 
-    Used for holder sets and load buckets; ``items`` and ``pos`` are read directly by the scheduler
-    for speed and must not be mutated outside this module. Order depends only on the sequence of
-    operations, never on string hashing, so a seeded ``random.Random`` makes scheduling reproducible.
+    Used for holder sets and load buckets; the scheduler reads ``items`` (to sample and scan) and
+    ``pos`` (to test membership) directly, for speed, and never mutates them. Order depends only on
+    the sequence of operations, never on string hashing, so a seeded ``random.Random`` makes
+    scheduling reproducible.
     """
 
     __slots__ = ("items", "pos")
@@ -80,32 +83,28 @@ class PeerSet:
         self.items: list[str] = []
         self.pos: dict[str, int] = {}
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __contains__(self, pid: object) -> bool:
-        return pid in self.pos
-
     def add(self, pid: str) -> None:
         if pid not in self.pos:
             self.pos[pid] = len(self.items)
             self.items.append(pid)
 
-    def discard(self, pid: str) -> None:
-        index = self.pos.pop(pid, None)
-        if index is None:
-            return
+    def remove(self, pid: str) -> None:
+        index = self.pos.pop(pid)
         last = self.items.pop()
         if index < len(self.items):
             self.items[index] = last
             self.pos[last] = index
 
-    def choice(self, rng: random.Random) -> str:
-        return self.items[rng.randrange(len(self.items))]
+
+_ORPHAN = -1
 
 
 class Run(NamedTuple):
-    """A running piece: its source, and for CDN pieces the super-load epoch it was counted in."""
+    """A running piece and the load it is counted on.
+
+    ``epoch`` is the super-load epoch for CDN pieces, 0 for peer pieces, and ``_ORPHAN`` once the
+    source peer is removed.
+    """
 
     dst: str
     epoch: int
@@ -116,7 +115,8 @@ class PeerProgress:
     pid: str
     serves: bool
     source: bool
-    load: int = 0
+    uploads: set[tuple[str, str, int]] = field(default_factory=set)
+    """(task ID, CID, piece) of every running entry this peer is the source of."""
     client_errors: int = 0
     service_errors: int = 0
     down_time: float | None = None
@@ -126,6 +126,10 @@ class PeerProgress:
     held: dict[str, set[int]] = field(default_factory=dict)
     """task ID -> pieces this peer holds, whether or not it is currently a source."""
     clients: dict[tuple[str, str], None] = field(default_factory=dict)
+
+    @property
+    def load(self) -> int:
+        return len(self.uploads)
 
 
 @dataclass(slots=True, eq=False)
@@ -143,6 +147,7 @@ class TaskProgress:
     super_pid: str
     free: list[PeerSet]
     free_load: dict[str, int] = field(default_factory=dict)
+    free_counts: dict[int, int] = field(default_factory=dict)
     cdn_done: set[int] = field(default_factory=set)
     cdn_failed: set[int] = field(default_factory=set)
     holders: dict[int, PeerSet] = field(default_factory=dict)
@@ -203,7 +208,11 @@ class ProgressState:
         return pid in self._peers
 
     def remove_peer(self, pid: str) -> None:
-        """Forget a peer, its clients and every blacklist row about it. Unknown PIDs are ignored."""
+        """Forget a peer, its clients and every blacklist row about it. Unknown PIDs are ignored.
+
+        Pieces others are fetching from it stay running (dfget reports them, as failures) but are
+        no longer counted on any load.
+        """
         peer = self._peers.get(pid)
         if peer is None:
             return
@@ -211,12 +220,14 @@ class ProgressState:
             self.remove_client(task_id, cid)
         if peer.source:
             self._withdraw_source(peer)
+        for task_id, cid, num in peer.uploads:
+            self._tasks[task_id].clients[cid].running[num] = Run(pid, _ORPHAN)
         for task_id in peer.held:
-            self._tasks[task_id].holding_peers.discard(pid)
+            self._tasks[task_id].holding_peers.remove(pid)
         for src in peer.blacklisted_by:
-            self._peers[src].blacklist.pop(pid, None)
+            del self._peers[src].blacklist[pid]
         for dst in peer.blacklist:
-            self._peers[dst].blacklisted_by.discard(pid)
+            self._peers[dst].blacklisted_by.remove(pid)
         del self._peers[pid]
 
     def mark_service_down(self, pid: str, now: float) -> None:
@@ -287,9 +298,9 @@ class ProgressState:
         client = task.clients.pop(cid, None) if task is not None else None
         if task is None or client is None:
             return
-        for run in client.running.values():
-            self._release(task, run, None)
-        self._peers[client.pid].clients.pop((task_id, cid), None)
+        for num, run in client.running.items():
+            self._release(task, cid, num, run, None)
+        del self._peers[client.pid].clients[task_id, cid]
 
     def client_done(self, task_id: str, cid: str) -> frozenset[int]:
         return frozenset(self.client(task_id, cid).done)
@@ -317,7 +328,9 @@ class ProgressState:
             return
         dst = self.peer(dst_pid)
         client.running[piece_num] = Run(dst_pid, 0)
-        self._set_load(dst, dst.load + 1)
+        old = dst.load
+        dst.uploads.add((task_id, cid, piece_num))
+        self._load_changed(dst, old)
 
     def update_piece(
         self, task_id: str, cid: str, dst_pid: str, piece_num: int, status: PieceStatus, now: float
@@ -329,7 +342,7 @@ class ProgressState:
         the report still counts for the client. RUNNING is not a report: only the scheduler starts
         pieces.
         """
-        if status is PieceStatus.RUNNING:
+        if status == PieceStatus.RUNNING:
             raise invalid(f"taskID: {task_id}, clientID: {cid}: RUNNING is not a piece report")
         task = self.task(task_id)
         client = self.client(task_id, cid)
@@ -337,14 +350,14 @@ class ProgressState:
             return
         run = client.running.pop(piece_num, None)
         if run is not None:
-            self._release(task, run, now)
+            self._release(task, cid, piece_num, run, now)
         peer = self._peers[client.pid]
         held = status in _HELD
         if held:
             client.done.add(piece_num)
             if client.pid != task.super_pid:
                 self._hold(peer, task, piece_num)
-        if status is PieceStatus.WAITING or not dst_pid or task.super_pid in (client.pid, dst_pid):
+        if status == PieceStatus.WAITING or not dst_pid or task.super_pid in (client.pid, dst_pid):
             return
         dst = self._peers.get(dst_pid)
         if held:
@@ -375,7 +388,9 @@ class ProgressState:
             return
         self._add_holder(task, piece_num, peer.pid)
         if first:
-            self._move(task, peer.pid, None, peer.load)
+            self._move(task, peer, None, peer.load)
+        elif peer.pid in task.free_load:
+            task.free_counts[piece_num] = task.free_counts.get(piece_num, 0) + 1
 
     def _refresh_source(self, peer: PeerProgress) -> None:
         limit = self.limits.elimination_limit
@@ -388,7 +403,7 @@ class ProgressState:
                 task = self._tasks[task_id]
                 for num in pieces:
                     self._add_holder(task, num, peer.pid)
-                self._move(task, peer.pid, None, peer.load)
+                self._move(task, peer, None, peer.load)
         else:
             self._withdraw_source(peer)
 
@@ -398,7 +413,7 @@ class ProgressState:
             task = self._tasks[task_id]
             for num in pieces:
                 self._remove_holder(task, num, peer.pid)
-            self._move(task, peer.pid, peer.load, None)
+            self._move(task, peer, peer.load, None)
 
     @staticmethod
     def _add_holder(task: TaskProgress, piece_num: int, pid: str) -> None:
@@ -411,34 +426,45 @@ class ProgressState:
     @staticmethod
     def _remove_holder(task: TaskProgress, piece_num: int, pid: str) -> None:
         holders = task.holders[piece_num]
-        holders.discard(pid)
+        holders.remove(pid)
         if holders.items:
             task.holder_counts[piece_num] = len(holders.items)
         else:
             del task.holders[piece_num]
             del task.holder_counts[piece_num]
 
-    def _set_load(self, peer: PeerProgress, load: int) -> None:
-        # Floored because a PID re-registered after removal can still be named by stale running entries.
-        load = max(load, 0)
-        old, peer.load = peer.load, load
-        if not peer.source or old == load:
-            return
-        for task_id in peer.held:
-            self._move(self._tasks[task_id], peer.pid, old, load)
+    def _load_changed(self, peer: PeerProgress, old: int) -> None:
+        if peer.source and old != peer.load:
+            for task_id in peer.held:
+                self._move(self._tasks[task_id], peer, old, peer.load)
 
-    def _move(self, task: TaskProgress, pid: str, old: int | None, new: int | None) -> None:
-        """Move a source of the task from load ``old`` to ``new``; None means not a free source."""
+    def _move(self, task: TaskProgress, peer: PeerProgress, old: int | None, new: int | None) -> None:
+        """Move a source of the task from load ``old`` to ``new``; None means "not a source"."""
         limit = self.limits.peer_up_limit
-        if old is not None and old < limit:
-            task.free[old].discard(pid)
-        if new is not None and new < limit:
-            task.free[new].add(pid)
-            task.free_load[pid] = new
-        else:
-            task.free_load.pop(pid, None)
+        was_free = old is not None and old < limit
+        is_free = new is not None and new < limit
+        if old is not None and was_free:
+            task.free[old].remove(peer.pid)
+        if new is not None and is_free:
+            task.free[new].add(peer.pid)
+            task.free_load[peer.pid] = new
+        elif was_free:
+            del task.free_load[peer.pid]
+        if was_free == is_free:
+            return
+        step = 1 if is_free else -1
+        counts = task.free_counts
+        for num in peer.held[task.task_id]:
+            count = counts.get(num, 0) + step
+            if count:
+                counts[num] = count
+            else:
+                del counts[num]
 
-    def _release(self, task: TaskProgress, run: Run, now: float | None) -> None:
+    def _release(self, task: TaskProgress, cid: str, piece_num: int, run: Run, now: float | None) -> None:
+        """Take an ended running entry off its source's load."""
+        if run.epoch == _ORPHAN:
+            return
         if run.dst == task.super_pid:
             if now is not None:
                 self._expire_super_load(task, now)
@@ -447,12 +473,12 @@ class ProgressState:
                 if now is not None:
                     task.super_mtime = now
             return
-        dst = self._peers.get(run.dst)
-        if dst is not None:
-            self._set_load(dst, dst.load - 1)
+        dst = self._peers[run.dst]
+        old = dst.load
+        dst.uploads.remove((task.task_id, cid, piece_num))
+        self._load_changed(dst, old)
 
     def _expire_super_load(self, task: TaskProgress, now: float) -> None:
         if task.super_load and now - task.super_mtime >= self.limits.super_load_reset:
             task.super_load = 0
             task.super_epoch += 1
-

@@ -1,8 +1,8 @@
 """Which pieces a client downloads next, and from whom (Go ``scheduler/manager.go``, spec §4.1-4.2).
 
-Runs on every pull of every client, so each call costs about one pass over the client's missing
-pieces plus a few set probes per handed-out piece, whatever the swarm size. Pure: it reads and
-updates a :class:`~supernode.progress.ProgressState` and takes time and randomness as arguments.
+Runs on every pull of every client, so a call costs one sort of the client's missing pieces plus a
+bounded amount of set work, whatever the swarm size. Pure: it reads and updates a
+:class:`~supernode.progress.ProgressState` and takes time and randomness as arguments.
 
 Kept from Go: only pieces the CDN has are handed out; rarest first, then nearest to the centre of
 the client's running pieces, ties by a coin flip; at most ``peer_down_limit`` running pieces per
@@ -26,10 +26,13 @@ from .progress import PeerProgress, PeerSet, ProgressState, TaskProgress
 _DEFAULT_RNG = random.Random()
 
 _SCAN_LIMIT = 64
-"""Intersections whose smaller side has at most this many PIDs are scanned exactly."""
+"""Intersections whose smaller side has at most this many PIDs are scanned exactly, without probing."""
 
-_PROBES = 16
-"""Random probes into a larger intersection before that load level is given up for the piece."""
+_PROBES = 4
+"""Random probes per load level into a large intersection before it is scanned exactly."""
+
+_SCAN_BUDGET = 4096
+"""Membership tests one schedule call may spend on intersections (about 0.1 ms of CPU)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class Assignment:
 
 
 def schedule(
-    state: ProgressState, task_id: str, cid: str, *, now: float, rng: random.Random | None = None
+    state: ProgressState, task_id: str, cid: str, *, now: float, rng: random.Random | None = None,
+    limit: int | None = None,
 ) -> list[Assignment]:
     """Hand the client its next pieces and mark them RUNNING on their sources.
 
@@ -60,21 +64,27 @@ def schedule(
     if not available:
         raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}")
     slots = limits.peer_down_limit - len(client.running)
+    if limit is not None:
+        slots = min(slots, limit)
     if slots <= 0:
         raise DfError(DfCode.PEER_CONTINUE, f"taskID: {task_id}, clientID: {cid}")
     isolated = peer.client_errors > limits.failure_count_limit
     cdn_slots = limits.cdn_task_limit - state.super_load(task_id, now)
-    if cdn_slots <= 0 and (isolated or not _others_free(task, peer)):
-        raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: all sources busy")
+    free_counts = task.free_counts
+    if cdn_slots <= 0:
+        if isolated:
+            raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: the CDN is busy")
+        available.intersection_update(free_counts)
 
     assignments: list[Assignment] = []
-    holders_of = task.holders.get
+    picker = _SourcePicker(task, peer, rng)
     for num in sort_pieces(available, task.holder_counts, running_center(client.running), rng):
-        holders = None if isolated or not task.free_load else holders_of(num)
-        dst = None if holders is None else _pick_source(task, holders, peer, rng)
+        if picker.budget <= 0:
+            break
+        dst = picker.pick(task.holders[num]) if not isolated and num in free_counts else None
         if dst is None:
             if cdn_slots <= 0:
-                if isolated or not _others_free(task, peer):
+                if isolated:
                     break
                 continue
             dst = task.super_pid
@@ -84,7 +94,7 @@ def schedule(
         if len(assignments) == slots:
             break
     if not assignments:
-        raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: all sources busy")
+        raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: no free source")
     return assignments
 
 
@@ -103,9 +113,9 @@ def sort_pieces(
         return nums
     rng = rng if rng is not None else _DEFAULT_RNG
     span = max(max(nums), center) + 1
-    upper_first = rng.getrandbits(1)
+    flip = rng.getrandbits(1)
     count = holder_counts.get
-    keys = [((count(n, 0) * span + abs(d := n - center)) * 2 + ((d > 0) ^ upper_first)) * span + n for n in nums]
+    keys = [((count(n, 0) * span + abs(d := n - center)) * 2 + ((d > 0) ^ flip)) * span + n for n in nums]
     keys.sort()
     return [key % span for key in keys]
 
@@ -115,59 +125,65 @@ def running_center(running_pieces: Collection[int]) -> int:
     return sum(running_pieces) // len(running_pieces) if running_pieces else 0
 
 
-def _pick_source(task: TaskProgress, holders: PeerSet, peer: PeerProgress, rng: random.Random) -> str | None:
-    """The least loaded eligible holder of the piece, ties at random; None if no peer qualifies.
+class _SourcePicker:
+    """Finds sources for the pieces of one schedule call, within a bounded amount of work.
 
-    Only sources with a spare upload slot are in ``task.free_load``, so what is left to check here is
-    the requester itself and its own blacklist. The smaller of the piece's holders and the free
-    sources is scanned exactly when it is small, which is the common case (rare pieces have few
-    holders, a busy swarm has few free sources); otherwise the load buckets are sampled.
+    A source is the least loaded eligible holder of the piece, ties at random. Only sources with a
+    spare upload slot are in ``task.free_load`` (and its per-load buckets ``task.free``), so what is
+    left to check per candidate is the requester itself and its own blacklist.
+
+    The work is the intersection of the piece's holders with the free sources. When the smaller side
+    is small (rare pieces have few holders, a busy swarm has few free sources) it is scanned exactly.
+    When both are large, a few random probes per load level, least loaded first, find a source at
+    once if the intersection is dense (a sparse least loaded level can be missed, and a busier
+    holder chosen); only if all probes miss is it scanned exactly, and such scans draw on a per-call
+    budget. When the budget is spent the call hands out what it has: the client pulls again soon,
+    and the cost of one pull never grows with the swarm.
     """
-    free = task.free_load
-    if len(holders.items) <= len(free):
-        if len(holders.items) > _SCAN_LIMIT:
-            return _sample_buckets(task, holders, peer, rng)
-        found = [pid for pid in holders.items if pid in free]
-    else:
-        if len(free) > _SCAN_LIMIT:
-            return _sample_buckets(task, holders, peer, rng)
-        found = [pid for pid in free if pid in holders.pos]
-    if not found:
-        return None
-    me, black = peer.pid, peer.blacklist
-    found = [pid for pid in found if pid != me and pid not in black]
-    if len(found) <= 1:
-        return found[0] if found else None
-    least = min(free[pid] for pid in found)
-    found = [pid for pid in found if free[pid] == least]
-    return found[rng.randrange(len(found))]
 
+    __slots__ = ("_black", "_me", "_rng", "_task", "budget")
 
-def _sample_buckets(task: TaskProgress, holders: PeerSet, peer: PeerProgress, rng: random.Random) -> str | None:
-    """Walk the load buckets from the least loaded, probing each bucket's intersection with the holders.
+    def __init__(self, task: TaskProgress, peer: PeerProgress, rng: random.Random) -> None:
+        self._task = task
+        self._me = peer.pid
+        self._black = peer.blacklist
+        self._rng = rng
+        self.budget = _SCAN_BUDGET
 
-    Used when both sides are large, where an exact scan would cost as much as the whole swarm. A
-    probe hits with the share of the smaller side that is in the intersection, so a sparse
-    intersection can be missed: the piece then goes to a busier peer or the CDN, never over a limit.
-    """
-    me, black = peer.pid, peer.blacklist
-    for bucket in task.free:
-        if len(bucket.items) <= len(holders.items):
-            small, big = bucket.items, holders.pos
+    def pick(self, holders: PeerSet) -> str | None:
+        """A source among ``holders``, of which at least one is free (``task.free_counts``)."""
+        free = self._task.free_load
+        by_holders = len(holders.items) <= len(free)
+        size = len(holders.items) if by_holders else len(free)
+        if size > _SCAN_LIMIT:
+            probed = self._probe(holders)
+            if probed is not None or size > self.budget:
+                return probed
+        self.budget -= size
+        if by_holders:
+            found = [pid for pid in holders.items if pid in free]
         else:
-            small, big = holders.items, bucket.pos
-        if len(small) <= _SCAN_LIMIT:
-            found = [pid for pid in small if pid in big and pid != me and pid not in black]
-            if found:
-                return found[rng.randrange(len(found))]
-            continue
-        for _ in range(_PROBES):
-            pid = small[rng.randrange(len(small))]
-            if pid in big and pid != me and pid not in black:
-                return pid
-    return None
+            found = [pid for pid in free if pid in holders.pos]
+        me, black = self._me, self._black
+        found = [pid for pid in found if pid != me and pid not in black]
+        if len(found) <= 1:
+            return found[0] if found else None
+        least = min(free[pid] for pid in found)
+        found = [pid for pid in found if free[pid] == least]
+        return found[int(self._rng.random() * len(found))]
 
-
-def _others_free(task: TaskProgress, peer: PeerProgress) -> bool:
-    """Whether any source other than the requester has a spare upload slot for this task."""
-    return len(task.free_load) > (peer.pid in task.free_load)
+    def _probe(self, holders: PeerSet) -> str | None:
+        me, black, rand = self._me, self._black, self._rng.random
+        for bucket in self._task.free:
+            if not bucket.items:
+                continue
+            if len(bucket.items) <= len(holders.items):
+                small, big = bucket.items, holders.pos
+            else:
+                small, big = holders.items, bucket.pos
+            self.budget -= _PROBES
+            for _ in range(_PROBES):
+                pid = small[int(rand() * len(small))]
+                if pid in big and pid != me and pid not in black:
+                    return pid
+        return None

@@ -278,7 +278,7 @@ class TaskManager:
         tail = md5_text.rpartition(":")[2]
         return int(tail) if tail.isdigit() else task.piece_size
 
-    def _next(self, task: Task, client: Client) -> list[PieceTaskItem] | Finished:
+    def _next(self, task: Task, client: Client, limit: int | None = None) -> list[PieceTaskItem] | Finished:
         if task.cdn_status == CdnStatus.FAILED:
             raise DfError(DfCode.CDN_FAIL, f"task {task.id}: {task.fail_reason}")
         if task.cdn_status == CdnStatus.WAITING:
@@ -291,7 +291,7 @@ class TaskManager:
             return Finished(FinishData(file_length=task.file_length, md5=task.real_md5))
         started = time.perf_counter()
         try:
-            assignments = schedule(self.progress, task.id, client.cid, now=time.monotonic())
+            assignments = schedule(self.progress, task.id, client.cid, now=time.monotonic(), limit=limit)
         finally:
             peer = self.peers.find(client.peer_id)
             self.metrics.schedule_duration_milliseconds.labels(peer=peer.ip if peer else "").observe(
@@ -359,18 +359,14 @@ class TaskManager:
         if status == DfgetTaskStatus.STARTED and client.status == ClientStatus.WAITING:
             self._set_client_status(client, ClientStatus.RUNNING)
         try:
-            answer = self._next(task, client)
+            answer = self._next(task, client, limit=num)
         except DfError as exc:
             if exc.code in (DfCode.PEER_WAIT, DfCode.PEER_CONTINUE):
                 return []
             raise
         if isinstance(answer, Finished):
             return []
-        pieces = [self._piece_info(task, item) for item in answer]
-        for extra in pieces[num:]:
-            self.progress.update_piece(task.id, client.cid, extra.pid, parse_range(extra.piece_range).piece_num,
-                                       PieceStatus.WAITING, time.monotonic())
-        return pieces[:num]
+        return [self._piece_info(task, item) for item in answer]
 
     def _piece_info(self, task: Task, item: PieceTaskItem) -> PieceInfo:
         pid = self.super_peer.id if is_super_cid(item.cid, self.settings.advertise_ip) else \

@@ -67,8 +67,7 @@ async def test_disk_gc_removes_only_dead_cache_entries(
         status, body = await register(api, register_body(origin.url(f"/{n}.bin"), cid=f"c{n}"))
         assert status == 200
         ids.append(body["data"]["taskId"])
-    await _eventually(lambda: all(not fast_gc_node.store.data_path(t).exists() for t in ids), within=15)
-    assert not list(fast_gc_node.store.task_ids())
+    await _eventually(lambda: not list(fast_gc_node.store.task_ids()), within=15)
 
 
 async def test_reported_corrupt_cdn_piece_drops_the_cache(

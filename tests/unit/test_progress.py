@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+
 import pytest
 
 from supernode.errors import DfCode, DfError
@@ -23,10 +26,13 @@ def assert_consistent(state: ProgressState) -> None:
             peer = state.peer(client.pid)
             assert (task_id, cid) in peer.clients
             assert not client.done & client.running.keys()
-            for run in client.running.values():
+            for num, run in client.running.items():
+                if run.epoch == -1:
+                    continue
                 if run.dst == task.super_pid:
                     super_running += run.epoch == task.super_epoch
-                elif run.dst in loads:
+                else:
+                    assert (task_id, cid, num) in state.peer(run.dst).uploads
                     loads[run.dst] += 1
         assert task.super_load == super_running
         expected_holders: dict[int, set[str]] = {}
@@ -42,10 +48,13 @@ def assert_consistent(state: ProgressState) -> None:
             if peer.load < up:
                 expected_free[peer.load].add(pid)
         assert {n: set(h.items) for n, h in task.holders.items()} == expected_holders
+        for peer_set in [*task.holders.values(), *task.free]:
+            assert peer_set.pos == {pid: i for i, pid in enumerate(peer_set.items)}
         assert task.holder_counts == {n: len(h) for n, h in expected_holders.items()}
         assert [set(b.items) for b in task.free] == expected_free
-        for bucket in task.free:
-            assert all(bucket.items[i] == pid for pid, i in bucket.pos.items())
+        assert task.free_load == {pid: load for load, pids in enumerate(expected_free) for pid in pids}
+        free_counts = {n: sum(pid in task.free_load for pid in h) for n, h in expected_holders.items()}
+        assert task.free_counts == {n: c for n, c in free_counts.items() if c}
     for pid, load in loads.items():
         peer = state.peer(pid)
         assert peer.load == load, pid
@@ -154,6 +163,8 @@ def test_failure_from_a_removed_peer_counts_for_the_client_only() -> None:
     state = make_state()
     state.start_piece(TASK, "c0", 1, "p1", now=0.0)
     state.remove_peer("p1")
+    assert state.client_running(TASK, "c0") == {1: "p1"}, "the download slot stays taken until reported"
+    assert_consistent(state)
     state.update_piece(TASK, "c0", "p1", 1, FAIL, now=0.0)
     assert state.peer("p0").client_errors == 1
     assert state.peer("p0").blacklist == {}
@@ -205,7 +216,7 @@ def test_start_piece_refuses_held_or_running_pieces() -> None:
         lambda s: s.start_piece(TASK, "c0", 1, "nope", now=0.0),
     ],
 )
-def test_unknown_ids_are_data_not_found(call) -> None:
+def test_unknown_ids_are_data_not_found(call: Callable[[ProgressState], object]) -> None:
     with pytest.raises(DfError) as err:
         call(make_state())
     assert err.value.code is DfCode.DATA_NOT_FOUND
@@ -376,3 +387,49 @@ def test_a_late_report_applies_a_due_reset_first() -> None:
     state.remove_client(TASK, "c1")
     assert state.super_load(TASK, 31.0) == 0
     assert_consistent(state)
+
+
+def test_random_operations_keep_every_invariant() -> None:
+    """Any sequence of calls, including removals in the middle of downloads, keeps the books exact."""
+    rng = random.Random(7)
+    state = ProgressState(Limits(peer_up_limit=2, elimination_limit=2, super_load_reset=5.0))
+    state.add_peer(SUPER, serves=True)
+    pids = [f"p{i}" for i in range(10)]
+    tasks = ["t1", "t2"]
+    now = 0.0
+    for _ in range(3000):
+        now += rng.random()
+        op = rng.randrange(10)
+        pid = rng.choice(pids)
+        task_id = rng.choice(tasks)
+        known = state.task_ids()
+        clients = [(t, cid) for t in known for cid in state.task(t).clients]
+        if op == 0:
+            state.add_peer(pid, serves=rng.random() < 0.8)
+        elif op == 1 and rng.random() < 0.3:
+            state.remove_peer(pid)
+        elif op == 2 and state.has_peer(pid):
+            state.mark_service_down(pid, now)
+        elif op == 3:
+            state.add_task(task_id, SUPER)
+            state.cdn_piece_done(task_id, rng.randrange(6))
+        elif op == 4 and rng.random() < 0.1:
+            state.remove_task(task_id)
+        elif op == 5 and task_id in known and state.has_peer(pid):
+            state.add_client(task_id, f"c{rng.randrange(12)}", pid)
+        elif op == 6 and clients and rng.random() < 0.3:
+            state.remove_client(*rng.choice(clients))
+        elif op in (7, 8) and clients:
+            t, cid = rng.choice(clients)
+            client = state.client(t, cid)
+            free = [n for n in range(6) if n not in client.done and n not in client.running]
+            sources = [SUPER, *(p for p in pids if state.has_peer(p))]
+            if free:
+                state.start_piece(t, cid, rng.choice(free), rng.choice(sources), now)
+        elif op == 9 and clients:
+            t, cid = rng.choice(clients)
+            running = state.client_running(t, cid)
+            num, dst = rng.choice(list(running.items())) if running else (rng.randrange(6), pid)
+            status = rng.choice([SUC, SEMI, FAIL, FAIL, WAIT])
+            state.update_piece(t, cid, dst, num, status, now)
+        assert_consistent(state)

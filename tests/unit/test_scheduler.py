@@ -60,7 +60,8 @@ def test_center_vectors(running: list[int], center: int) -> None:
 def test_sort_edge_cases() -> None:
     assert sort_pieces([], {}, 0) == []
     assert sort_pieces([7, 3, 5], {}, 100, random.Random(1)) == [7, 5, 3]
-    assert sort_pieces(range(10), {n: 9 - n for n in range(10)}, 0, random.Random(1)) == list(range(9, -1, -1))
+    counts = {n: 9 - n for n in range(10)}
+    assert sort_pieces(range(10), counts, 0, random.Random(1)) == list(range(9, -1, -1))
 
 
 # -- which pieces --
@@ -174,10 +175,21 @@ def test_ties_between_least_loaded_holders_are_random() -> None:
 
 def test_least_loaded_among_many_holders() -> None:
     state = holder_state(300)
+    least = {f"h{i}" for i in range(100, 300) if i % 3}
     for i in range(300):
-        load_peer(state, f"h{i}", 1 + (i % 3 == 0) if i >= 100 else 2)
-    expected = {f"h{i}" for i in range(100, 300) if i % 3}
-    assert all(pick(state, seed) in expected for seed in range(20))
+        load_peer(state, f"h{i}", 1 if f"h{i}" in least else 2)
+    assert all(pick(state, seed) in least for seed in range(20))
+
+
+def test_many_holders_among_even_more_free_peers() -> None:
+    state = holder_state(100)
+    state.cdn_piece_done(TASK, 1)
+    for i in range(150):
+        state.add_peer(f"other{i}", serves=True)
+        state.add_client(TASK, f"oc{i}", f"other{i}")
+        state.update_piece(TASK, f"oc{i}", SUPER, 1, SUC, now=0.0)
+    state.update_piece(TASK, "c", SUPER, 1, SUC, now=0.0)
+    assert {pick(state, seed) for seed in range(20)} <= {f"h{i}" for i in range(100)}
 
 
 def test_a_full_peer_is_never_chosen() -> None:
@@ -231,6 +243,14 @@ def test_a_client_with_too_many_errors_uses_only_the_supernode() -> None:
     assert {pick(state, seed) for seed in range(10)} == {SUPER}
 
 
+def test_isolated_client_gets_only_the_free_cdn_slots() -> None:
+    state = make_state(Limits(failure_count_limit=0, cdn_task_limit=2))
+    state.update_piece(TASK, "c0", "p1", 7, FAIL, now=0.0)
+    state.start_piece(TASK, "c1", 0, SUPER, now=0.0)
+    got = schedule(state, TASK, "c0", now=0.0, rng=random.Random(0))
+    assert [a.dst_pid for a in got] == [SUPER]
+
+
 def test_isolated_client_waits_when_the_supernode_is_full() -> None:
     state = holder_state(3, Limits(failure_count_limit=0, cdn_task_limit=1))
     state.add_peer("bad", serves=True)
@@ -261,6 +281,38 @@ def test_pieces_without_a_source_are_skipped_not_waited_on() -> None:
     assert [a.dst_pid for a in first] == [SUPER, "p1"]
     got = schedule(state, TASK, "c0", now=0.0, rng=random.Random(0))
     assert [(a.piece_num, a.dst_pid) for a in got] == [(2, "p1")]
+
+
+@pytest.mark.parametrize(("blocked_pieces", "served"), [(20, True), (60, False)])
+def test_work_per_call_is_bounded(blocked_pieces: int, served: bool) -> None:
+    """Pieces whose only free holder is blacklisted cost a scan each; the scans stop at a budget.
+
+    100 full peers and one blacklisted free peer hold pieces 0..k-1; 100 free peers hold only piece k,
+    which sorts last. With few blocked pieces the call reaches piece k; with many it gives up first.
+    """
+    state = ProgressState()
+    state.add_task(TASK, SUPER)
+    last = blocked_pieces
+    for num in range(last + 1):
+        state.cdn_piece_done(TASK, num)
+    state.add_peer("me", serves=True)
+    state.add_client(TASK, "c", "me")
+    for name, pieces in [("busy", range(last + 1)), ("idle", [last]), ("blocked", range(last))]:
+        for i in range(100 if name != "blocked" else 1):
+            pid = f"{name}{i}"
+            state.add_peer(pid, serves=True)
+            state.add_client(TASK, pid, pid)
+            for num in pieces:
+                state.update_piece(TASK, pid, SUPER, num, SUC, now=0.0)
+            if name == "busy":
+                load_peer(state, pid, 5)
+    state.update_piece(TASK, "c", "blocked0", 999, FAIL, now=0.0)
+    load_peer(state, SUPER, 4)
+    if served:
+        (got,) = schedule(state, TASK, "c", now=0.0, rng=random.Random(0))
+        assert got.piece_num == last and got.dst_pid.startswith("idle")
+    else:
+        assert code_of(state, "c") is DfCode.PEER_WAIT
 
 
 def test_supernode_load_reset_unblocks_the_cdn() -> None:
@@ -294,8 +346,10 @@ def test_same_seed_same_schedule() -> None:
 # -- a swarm driven to completion --
 
 
-@dataclass
-class SimPeer:
+@dataclass(eq=False)
+class SimClient:
+    """One dfget process as the swarm simulation sees it: its own books, kept apart from the state."""
+
     pid: str
     cid: str
     kind: str
@@ -303,147 +357,190 @@ class SimPeer:
     done: set[int] = field(default_factory=set)
     running: dict[int, str] = field(default_factory=dict)
     errors: int = 0
-    finished: int | None = None
+    finished: bool = False
     removed: bool = False
     next_poll: int = 0
     backoff: int = 1
 
 
-def test_swarm_runs_to_completion_within_every_limit() -> None:
-    """2,000 dfget clients pull a 200-piece file, as dfget would, through schedule/update_piece.
+class Swarm:
+    """Drives a ProgressState the way the task manager will: dfget registrations, pulls, reports.
 
-    The simulation keeps its own books (in-flight uploads per source, blacklists, error counts) and
-    checks every assignment against them, so the state under test never grades itself.
+    Kinds of clients: ``normal``; ``cdn`` (cdn pattern: never serves); ``faulty`` (every upload from
+    it fails); ``broken`` (every download it makes from a peer fails, so it ends up using only the
+    CDN); ``leaver`` (GC'd half-way through). Each tick is 0.1 s; a piece takes 1 tick from the CDN and
+    1-3 ticks from a peer. A client pulls after every finished piece, and when idle polls with dfget's
+    doubling back-off. Every handed-out piece is checked against the simulation's own books.
     """
-    rng = random.Random(20240611)
-    limits = Limits()
-    n_peers, n_pieces, tick_s = 2000, 200, 0.1
-    state = ProgressState(limits)
-    state.add_peer(SUPER, serves=True)
-    state.add_task(TASK, SUPER)
 
-    kinds = ["faulty"] * 20 + ["broken"] * 10 + ["cdn"] * 100 + ["leaver"] * 20 + ["normal"] * (n_peers - 150)
-    rng.shuffle(kinds)
-    peers = {
-        f"p{i}": SimPeer(f"p{i}", f"c{i}", kind, join=rng.randrange(40)) for i, kind in enumerate(kinds)
-    }
-    by_cid = {p.cid: p for p in peers.values()}
-    inflight: Counter[str] = Counter()
-    due: dict[int, list[tuple[str, int, str]]] = {}
-    blacklist: dict[str, set[str]] = {pid: set() for pid in peers}
-    service_failures: Counter[str] = Counter()
-    down: set[str] = set()
-    assigned = Counter[str]()
+    def __init__(self, n_clients: int, n_pieces: int, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.limits = Limits()
+        self.n_pieces = n_pieces
+        self.state = ProgressState(self.limits)
+        self.state.add_peer(SUPER, serves=True)
+        self.state.add_task(TASK, SUPER)
+        share = {"faulty": 0.01, "broken": 0.005, "cdn": 0.05, "leaver": 0.01}
+        kinds = [kind for kind, part in share.items() for _ in range(max(1, int(n_clients * part)))]
+        kinds += ["normal"] * (n_clients - len(kinds))
+        self.rng.shuffle(kinds)
+        self.clients = {
+            f"p{i}": SimClient(f"p{i}", f"c{i}", kind, join=self.rng.randrange(40))
+            for i, kind in enumerate(kinds)
+        }
+        self.by_cid = {c.cid: c for c in self.clients.values()}
+        self.cdn_done: set[int] = set()
+        self.inflight: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()
+        self.due: dict[int, list[tuple[SimClient, int, str]]] = {}
+        self.blacklist: dict[str, set[str]] = {pid: set() for pid in self.clients}
+        self.service_failures: Counter[str] = Counter()
+        self.down: set[str] = set()
+        self.tick = 0
 
-    def check(peer: SimPeer, got: list[Assignment], tick: int) -> None:
-        assert got
-        isolated = peer.errors > limits.failure_count_limit
-        for a in got:
-            num, dst = a.piece_num, a.dst_pid
-            assert num in cdn_done and num not in peer.done and num not in peer.running
-            if dst == SUPER:
-                assert inflight[SUPER] < limits.cdn_task_limit
-            else:
-                src = peers[dst]
-                assert not isolated, f"{peer.pid} has {peer.errors} errors but got a peer source"
-                assert dst != peer.pid and num in src.done and not src.removed
-                assert src.kind != "cdn" and dst not in down
-                assert dst not in blacklist[peer.pid]
-                assert service_failures[dst] < limits.elimination_limit
-                assert inflight[dst] < limits.peer_up_limit
-            inflight[dst] += 1
-            assigned[dst] += 1
-            peer.running[num] = dst
-            due.setdefault(tick + (1 if dst == SUPER else rng.randint(1, 3)), []).append((peer.cid, num, dst))
-        assert len(peer.running) <= limits.peer_down_limit
+    @property
+    def now(self) -> float:
+        return self.tick * 0.1
 
-    def pull(peer: SimPeer, tick: int) -> None:
+    def run(self) -> None:
+        pending = sorted(self.clients.values(), key=lambda c: c.join)
+        active: list[SimClient] = []
+        while pending or any(not c.finished and not c.removed for c in active):
+            self.tick += 1
+            assert self.tick < 3000, "the swarm did not finish"
+            for num in range(min(self.n_pieces, (self.tick - 1) * 20), min(self.n_pieces, self.tick * 20)):
+                self.state.cdn_piece_done(TASK, num)
+                self.cdn_done.add(num)
+            while pending and pending[0].join <= self.tick:
+                client = pending.pop(0)
+                self.state.add_peer(client.pid, serves=client.kind != "cdn")
+                self.state.add_client(TASK, client.cid, client.pid)
+                active.append(client)
+            for client, num, dst in self.due.pop(self.tick, []):
+                if not client.removed:
+                    self.finish_piece(client, num, dst)
+            for client in active:
+                idle = not client.finished and not client.removed and not client.running
+                if idle and client.next_poll <= self.tick:
+                    self.pull(client)
+                if client.kind == "leaver" and not client.removed and len(client.done) >= self.n_pieces // 2:
+                    self.leave(client)
+            if self.tick % 25 == 0:
+                self.check_loads()
+
+    def pull(self, client: SimClient) -> None:
         try:
-            got = schedule(state, TASK, peer.cid, now=tick * tick_s, rng=rng)
+            got = schedule(self.state, TASK, client.cid, now=self.now, rng=self.rng)
         except DfError as err:
             assert err.code in (DfCode.PEER_WAIT, DfCode.PEER_CONTINUE)
-            if not peer.running:
-                peer.next_poll = tick + peer.backoff
-                peer.backoff = min(peer.backoff * 2, 8)
+            if not client.running:
+                client.next_poll = self.tick + client.backoff
+                client.backoff = min(client.backoff * 2, 8)
             return
-        peer.backoff = 1
-        check(peer, got, tick)
+        client.backoff = 1
+        for assignment in got:
+            self.check(client, assignment)
+            num, dst = assignment.piece_num, assignment.dst_pid
+            self.inflight[dst] += 1
+            self.served[dst] += 1
+            client.running[num] = dst
+            took = 1 if dst == SUPER else self.rng.randint(1, 3)
+            self.due.setdefault(self.tick + took, []).append((client, num, dst))
+        assert len(client.running) <= self.limits.peer_down_limit
 
-    cdn_done: set[int] = set()
-    active: list[SimPeer] = []
-    pending = sorted(peers.values(), key=lambda p: p.join)
-    tick = 0
-    while pending or any(p.finished is None and not p.removed for p in active):
-        tick += 1
-        assert tick < 2000, "swarm did not finish"
-        now = tick * tick_s
-        for num in range(min(n_pieces, (tick - 1) * 20), min(n_pieces, tick * 20)):
-            state.cdn_piece_done(TASK, num)
-            cdn_done.add(num)
-        while pending and pending[0].join <= tick:
-            peer = pending.pop(0)
-            state.add_peer(peer.pid, serves=peer.kind != "cdn")
-            state.add_client(TASK, peer.cid, peer.pid)
-            peer.next_poll = tick
-            active.append(peer)
+    def check(self, client: SimClient, assignment: Assignment) -> None:
+        num, dst = assignment.piece_num, assignment.dst_pid
+        limits = self.limits
+        assert num in self.cdn_done and num not in client.done and num not in client.running
+        if dst == SUPER:
+            assert self.inflight[SUPER] < limits.cdn_task_limit
+            return
+        source = self.clients[dst]
+        assert client.errors <= limits.failure_count_limit, f"{client.pid} should use only the CDN"
+        assert dst != client.pid and num in source.done and not source.removed
+        assert source.kind != "cdn" and dst not in self.down
+        assert dst not in self.blacklist[client.pid]
+        assert self.service_failures[dst] < limits.elimination_limit
+        assert self.inflight[dst] < limits.peer_up_limit
 
-        for cid, num, dst in due.pop(tick, []):
-            peer = by_cid[cid]
-            if peer.removed or peer.running.get(num) != dst:
-                continue
-            del peer.running[num]
-            inflight[dst] -= 1
-            fails = dst != SUPER and (peers[dst].kind == "faulty" or peer.kind == "broken" or peers[dst].removed)
-            state.update_piece(TASK, cid, dst, num, FAIL if fails else SUC, now=now)
-            if dst != SUPER and not peers[dst].removed:
-                if fails:
-                    peer.errors += 1
-                    blacklist[peer.pid].add(dst)
-                    service_failures[dst] += 1
-                    assert dst in state.peer(peer.pid).blacklist
-                else:
-                    peer.errors = 0
-                    service_failures[dst] = 0
-            elif fails:
-                peer.errors += 1
-            if not fails:
-                peer.done.add(num)
-                state.update_piece(TASK, cid, dst, num, SUC, now=now)
-            if len(peer.done) == n_pieces:
-                peer.finished = tick
-                assert state.client_done_count(TASK, cid) == n_pieces
-                if peer.kind == "cdn" or rng.random() < 0.1:
-                    state.mark_service_down(peer.pid, now)
-                    down.add(peer.pid)
-            else:
-                pull(peer, tick)
+    def finish_piece(self, client: SimClient, num: int, dst: str) -> None:
+        del client.running[num]
+        self.inflight[dst] -= 1
+        source = self.clients.get(dst)
+        failed = source is not None and (source.kind == "faulty" or client.kind == "broken" or source.removed)
+        self.state.update_piece(TASK, client.cid, dst, num, FAIL if failed else SUC, now=self.now)
+        if source is not None and failed:
+            client.errors += 1
+            if not source.removed:
+                self.blacklist[client.pid].add(dst)
+                self.service_failures[dst] += 1
+                assert dst in self.state.peer(client.pid).blacklist
+        elif source is not None:
+            client.errors = 0
+            self.service_failures[dst] = 0
+        if not failed:
+            client.done.add(num)
+            self.state.update_piece(TASK, client.cid, dst, num, SUC, now=self.now)
+        if len(client.done) < self.n_pieces:
+            self.pull(client)
+            return
+        client.finished = True
+        assert self.state.client_done_count(TASK, client.cid) == self.n_pieces
+        if client.kind == "cdn" or self.rng.random() < 0.1:
+            self.state.mark_service_down(client.pid, self.now)
+            self.down.add(client.pid)
 
-        for peer in active:
-            if peer.finished is None and not peer.removed and not peer.running and peer.next_poll <= tick:
-                pull(peer, tick)
-            if peer.kind == "leaver" and not peer.removed and len(peer.done) >= n_pieces // 2:
-                state.remove_peer(peer.pid)
-                peer.removed = True
-                for dst in peer.running.values():
-                    inflight[dst] -= 1
-                peer.running.clear()
+    def leave(self, client: SimClient) -> None:
+        self.state.remove_peer(client.pid)
+        client.removed = True
+        for dst in client.running.values():
+            self.inflight[dst] -= 1
+        client.running.clear()
 
-        if tick % 25 == 0:
-            for pid, count in inflight.items():
-                if pid != SUPER and peers[pid].removed:
-                    continue
-                load = state.super_load(TASK, now) if pid == SUPER else state.peer(pid).load
-                assert load == count, pid
+    def check_loads(self) -> None:
+        for pid, count in self.inflight.items():
+            if pid == SUPER:
+                assert self.state.super_load(TASK, self.now) == count
+            elif not self.clients[pid].removed:
+                assert self.state.peer(pid).load == count, pid
 
-    survivors = [p for p in peers.values() if not p.removed]
-    assert len(survivors) == n_peers - 20
-    assert all(p.finished is not None and len(p.done) == n_pieces for p in survivors)
-    assert all(count == 0 for count in inflight.values())
-    assert all(state.peer(p.pid).load == 0 for p in survivors)
-    assert state.super_load(TASK, tick * tick_s) == 0
-    most_tries = limits.elimination_limit + limits.peer_up_limit - 1
-    assert all(assigned[p.pid] <= most_tries for p in peers.values() if p.kind == "faulty")
-    assert any(p.errors > limits.failure_count_limit for p in peers.values() if p.kind == "broken")
-    cdn_share = assigned[SUPER] / sum(assigned.values())
+
+@pytest.mark.parametrize(("n_clients", "n_pieces"), [(2000, 25), (400, 100)])
+def test_a_swarm_finishes_within_every_limit(n_clients: int, n_pieces: int) -> None:
+    swarm = Swarm(n_clients, n_pieces, seed=n_clients)
+    swarm.run()
+
+    clients = swarm.clients.values()
+    limits = swarm.limits
+    assert all(c.finished and len(c.done) == n_pieces for c in clients if not c.removed)
+    assert sum(c.removed for c in clients) == sum(c.kind == "leaver" for c in clients)
+    assert sum(swarm.inflight.values()) == 0
+    assert all(swarm.state.peer(c.pid).load == 0 for c in clients if not c.removed)
+    assert swarm.state.super_load(TASK, swarm.now) == 0
+
+    faulty = [c.pid for c in clients if c.kind == "faulty"]
+    eliminated = [pid for pid in faulty if swarm.service_failures[pid] >= limits.elimination_limit]
+    assert eliminated, "faulty peers were tried until the elimination limit"
+    assert not any(swarm.state.peer(pid).source for pid in eliminated)
+    assert any(c.errors > limits.failure_count_limit for c in clients if c.kind == "broken")
+    assert all(swarm.served[c.pid] == 0 for c in clients if c.kind == "cdn")
+
+    uploads = [count for pid, count in swarm.served.items() if pid != SUPER]
+    cdn_share = swarm.served[SUPER] / (swarm.served[SUPER] + sum(uploads))
     assert cdn_share < 0.05, f"the CDN served {cdn_share:.1%} of the pieces"
-    assert max(count for pid, count in assigned.items() if pid != SUPER) < 4 * n_pieces
+    assert max(uploads) <= 4 * sum(uploads) / len(uploads), "uploads are spread over the swarm"
+
+
+def test_limit_caps_the_pieces_handed_out() -> None:
+    state = ProgressState(Limits(peer_down_limit=4))
+    state.add_peer("super", serves=False)
+    state.add_peer("p", serves=True)
+    state.add_task("t", "super")
+    for n in range(6):
+        state.cdn_piece_done("t", n)
+    state.add_client("t", "c", "p")
+    first = schedule(state, "t", "c", now=0.0, rng=random.Random(1), limit=1)
+    assert len(first) == 1
+    assert len(state.client_running("t", "c")) == 1
+    rest = schedule(state, "t", "c", now=0.0, rng=random.Random(1))
+    assert len(rest) == 3
