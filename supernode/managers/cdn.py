@@ -42,7 +42,7 @@ from ..cdn.store import CacheMeta, CacheStore
 from ..errors import DfCode, DfError, SourceNotFound
 from ..metrics import Metrics
 from ..models import CdnStatus
-from ..pieces import HEAD_SIZE, TAIL_BYTE, data_size, piece_head, piece_md5_text, piece_size_for, wrap
+from ..pieces import HEAD_SIZE, TAIL_BYTE, WRAP_SIZE, data_size, piece_head, piece_md5_text, piece_size_for
 from ..progress import ProgressState
 from ..ratelimit import TokenBucket
 from ..tasks import Task
@@ -424,32 +424,56 @@ class CdnManager:
 
     async def _stream(self, task: Task, resp: aiohttp.ClientResponse, fd: int, meta: CacheMeta,
                       partial: _Partial) -> None:
+        """Cut the body into pieces; each piece is sealed and written by a worker thread.
+
+        Bytes are copied once, from the socket buffer into a piece-sized frame. While a worker hashes
+        and writes one frame, the loop fills the other, so receiving never waits for the disk unless
+        the disk is slower than the origin. Writes are strictly ordered (the raw MD5 depends on it).
+        """
         piece_size = task.piece_size
         per = data_size(piece_size)
-        raw = partial.raw_md5
-        piece = partial.pieces
-        received = 0
-        buf = bytearray()
-        async for chunk in resp.content.iter_chunked(_CHUNK):
-            await self._bucket.acquire(len(chunk))
-            received += len(chunk)
-            self.metrics.source_bytes_total.inc(len(chunk))
-            self.metrics.cdn_download_size_bytes_total.inc(len(chunk))
-            raw.update(chunk)
-            buf += chunk
-            while len(buf) >= per:
-                with memoryview(buf) as view:
-                    data = bytes(view[:per])
-                del buf[:per]
-                await self._write_piece(task, fd, piece, data)
-                piece += 1
-        if buf or piece == 0:
-            await self._write_piece(task, fd, piece, bytes(buf))
+        frames = [bytearray(piece_size), bytearray(piece_size)]
+        frame, filled, piece, received = frames[0], 0, partial.pieces, 0
+        writing: asyncio.Task[None] | None = None
+
+        async def seal(data_len: int) -> None:
+            nonlocal writing, frame, filled, piece
+            if writing is not None:
+                await writing
+            writing = asyncio.create_task(self._write_piece(task, fd, piece, frame, data_len, partial.raw_md5))
+            frame = frames[1] if frame is frames[0] else frames[0]
+            filled = 0
             piece += 1
+
+        try:
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                await self._bucket.acquire(len(chunk))
+                received += len(chunk)
+                self.metrics.source_bytes_total.inc(len(chunk))
+                self.metrics.cdn_download_size_bytes_total.inc(len(chunk))
+                with memoryview(chunk) as view:
+                    while view:
+                        take = min(per - filled, len(view))
+                        frame[HEAD_SIZE + filled:HEAD_SIZE + filled + take] = view[:take]
+                        filled += take
+                        view = view[take:]
+                        if filled == per:
+                            await seal(per)
+            if filled or piece == 0:
+                await seal(filled)
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                # A piece already received is still written, so a resume does not fetch it again. The
+                # error that got us here is the one to report; the write's own outcome is only consumed.
+                await asyncio.wait({writing})
+                if not writing.cancelled():
+                    writing.exception()
         expected = task.http_file_length - partial.pieces * per
         if task.http_file_length >= 0 and received != expected:
             raise _Fail(f"source sent {received} of {expected} bytes", "length_mismatch", resumable=True)
-        real_md5 = raw.hexdigest()
+        real_md5 = partial.raw_md5.hexdigest()
         if task.spec.md5.strip() and task.spec.md5.strip().lower() != real_md5:
             raise _Fail(f"md5 mismatch: expected {task.spec.md5}, source content has {real_md5}", "md5_mismatch",
                         resumable=False)
@@ -467,21 +491,28 @@ class CdnManager:
         task.real_md5 = real_md5
         task.cdn_status = CdnStatus.SUCCESS
 
-    async def _write_piece(self, task: Task, fd: int, piece_num: int, data: bytes) -> None:
-        md5_text = await _finish_in_thread(self._pwrite_piece, fd, piece_num, data, task.piece_size)
+    async def _write_piece(self, task: Task, fd: int, piece_num: int, frame: bytearray, data_len: int,
+                           raw_md5: hashlib._Hash) -> None:
+        md5_text = await _finish_in_thread(self._seal_piece, fd, piece_num, frame, data_len, task.piece_size,
+                                           raw_md5)
         task.piece_md5s.append(md5_text)
         self.progress.cdn_piece_done(task.id, piece_num)
 
     @staticmethod
-    def _pwrite_piece(fd: int, piece_num: int, data: bytes, piece_size: int) -> str:
-        framed = wrap(data, piece_size)
-        view = memoryview(framed)
-        offset = piece_num * piece_size
+    def _seal_piece(fd: int, piece_num: int, frame: bytearray, data_len: int, piece_size: int,
+                    raw_md5: hashlib._Hash) -> str:
+        """Frame the data in place (head, tail), hash it, write it at the piece's offset."""
+        frame[:HEAD_SIZE] = piece_head(data_len, piece_size)
+        frame[HEAD_SIZE + data_len] = TAIL_BYTE
+        framed = memoryview(frame)[:data_len + WRAP_SIZE]
+        raw_md5.update(framed[HEAD_SIZE:HEAD_SIZE + data_len])
+        digest = hashlib.md5(framed).hexdigest()
+        offset, view = piece_num * piece_size, framed
         while view:
             written = os.pwrite(fd, view, offset)
             view = view[written:]
             offset += written
-        return piece_md5_text(hashlib.md5(framed).hexdigest(), len(framed))
+        return piece_md5_text(digest, data_len + WRAP_SIZE)
 
     async def _fail(self, task: Task, meta: CacheMeta, reason: str, kind: str, *, resumable: bool) -> None:
         """Keep what a later ranged request can continue, drop the rest, *then* publish FAILED.
