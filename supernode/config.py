@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     source_probe_timeout: Duration = 4.0
     source_read_timeout: Duration = 60.0
 
+    preheat_gc_threshold: Duration = Field(86400.0, description="how long a finished preheat stays queryable "
+                                                                "(the spec's PreheatGCThreshold, 24h)")
+    preheat_gc_interval: Duration = Field(60.0, description="how often finished preheats are collected")
+    preheat_timeout: Duration = Field(1800.0, description="a running preheat fails after this long (Go: 30m)")
+    preheat_concurrency: int = Field(4, ge=1, description="preheats that run at once; the others wait")
+    preheat_layer_concurrency: int = Field(4, ge=1, description="layers of one image fetched at once")
+
     @field_validator("advertise_ip")
     @classmethod
     def _ipv4(cls, value: str) -> str:

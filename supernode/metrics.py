@@ -22,7 +22,9 @@ Compatibility notes:
 
 Extensions beyond v1 (same ``dragonfly_supernode_`` namespace, documented on each attribute below):
 ``source_bytes_total``, ``pieces_served_total{source}``, ``pieces_served_bytes_total{source}``,
-``cdn_served_bytes_total``, ``tasks_failed_total{reason}`` and ``cdn_cache_verify_failed_total``.
+``cdn_served_bytes_total``, ``tasks_failed_total{reason}``, ``cdn_cache_verify_failed_total`` and the
+preheat metrics ``preheats{type,status}``, ``preheats_finished_total{type,status}``,
+``preheat_duration_seconds{type,status}`` and ``preheat_bytes_total{type}``.
 None of them uses a high-cardinality label: ``source`` and ``reason`` take values from the small
 fixed sets :data:`PIECE_SOURCES` and :data:`TASK_FAILURE_REASONS`.
 """
@@ -55,6 +57,12 @@ HTTP_SIZE_BUCKETS: Final[tuple[float, ...]] = tuple(100.0 * 10**k for k in range
 SCHEDULE_DURATION_BUCKETS: Final[tuple[float, ...]] = tuple(0.01 * 2**k for k in range(7))
 #: ``dragonfly_dfget_download_duration_seconds`` (post-1.0.6; v1.0.6 had 10 30 60 120 300 600).
 DFGET_DURATION_BUCKETS: Final[tuple[float, ...]] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
+
+#: ``preheat_duration_seconds``: from creation to SUCCESS or FAILED (the Go worker gave up at 30 min).
+PREHEAT_DURATION_BUCKETS: Final[tuple[float, ...]] = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+#: Values of the ``type`` label of the preheat metrics, and of their ``status`` label.
+PREHEAT_TYPES: Final[tuple[str, ...]] = ("file", "image")
+PREHEAT_STATUSES: Final[tuple[str, ...]] = ("WAITING", "RUNNING", "SUCCESS", "FAILED")
 
 #: Values of the ``source`` label of ``pieces_served_total`` / ``pieces_served_bytes_total``.
 PIECE_SOURCES: Final[tuple[str, ...]] = ("cdn", "peer")
@@ -294,7 +302,37 @@ class Metrics:
             namespace=ns, subsystem=sub, registry=reg,
         )
 
+        # --- Extensions: preheat (POST /preheats) -------------------------------------------------
+        #: EXTENSION ``dragonfly_supernode_preheats{type,status}``: preheats requested through the API
+        #: (an image's layer preheats are not counted apart), by status; refreshed at scrape time.
+        self.preheats = Gauge(
+            "preheats", "Current preheats by type and status. Extension beyond v1.", ["type", "status"],
+            namespace=ns, subsystem=sub, registry=reg,
+        )
+        #: EXTENSION ``dragonfly_supernode_preheats_finished_total{type,status}``, status SUCCESS or FAILED.
+        self.preheats_finished_total = Counter(
+            "preheats_finished_total", "Preheats that finished, by type and final status. Extension beyond v1.",
+            ["type", "status"], namespace=ns, subsystem=sub, registry=reg,
+        )
+        #: EXTENSION ``dragonfly_supernode_preheat_duration_seconds{type,status}``: creation to finish.
+        self.preheat_duration_seconds = Histogram(
+            "preheat_duration_seconds", "Duration of finished preheats. Extension beyond v1.", ["type", "status"],
+            namespace=ns, subsystem=sub, registry=reg, buckets=PREHEAT_DURATION_BUCKETS,
+        )
+        #: EXTENSION ``dragonfly_supernode_preheat_bytes_total{type}``: bytes of content that preheats put
+        #: (or found) in the CDN cache, counted once per file or layer when it is verified.
+        self.preheat_bytes_total = Counter(
+            "preheat_bytes_total", "Bytes of files and image layers preheated into the CDN. Extension beyond v1.",
+            ["type"], namespace=ns, subsystem=sub, registry=reg,
+        )
+
         # Fixed label sets: export every series from the start, at 0, so rate() and ratios work.
+        for preheat_type in PREHEAT_TYPES:
+            self.preheat_bytes_total.labels(type=preheat_type)
+            for status in PREHEAT_STATUSES:
+                self.preheats.labels(type=preheat_type, status=status)
+            for status in ("SUCCESS", "FAILED"):
+                self.preheats_finished_total.labels(type=preheat_type, status=status)
         for source in PIECE_SOURCES:
             self.pieces_served_total.labels(source=source)
             self.pieces_served_bytes_total.labels(source=source)

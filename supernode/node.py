@@ -26,9 +26,10 @@ from .cdn.store import CacheStore
 from .config import Settings
 from .managers.cdn import CdnManager
 from .managers.gc import GarbageCollector
+from .managers.preheat import PreheatManager
 from .managers.repair import PieceRepair
 from .managers.task import TaskManager
-from .metrics import Metrics
+from .metrics import PREHEAT_STATUSES, PREHEAT_TYPES, Metrics
 from .models import CdnStatus, TaskMetricsRequest
 from .peers import PeerRegistry
 from .progress import Limits, ProgressState
@@ -57,6 +58,7 @@ class Supernode:
                                  metrics=self.metrics, super_peer=self.super_peer)
         self.repair = PieceRepair(self.tasks)
         self.gc = GarbageCollector(settings=settings, tasks=self.tasks, store=self.store, metrics=self.metrics)
+        self.preheats = PreheatManager(settings=settings, tasks=self.tasks, metrics=self.metrics)
         self.openapi: dict[str, Any] = build_openapi()
         self._runners: list[web.AppRunner] = []
 
@@ -71,6 +73,11 @@ class Supernode:
         counts = Counter(task.cdn_status for task in self.tasks.tasks.values())
         for status in CdnStatus:
             self.metrics.tasks.labels(cdnstatus=status.value).set(counts.get(status, 0))
+        preheats = self.preheats.counts()
+        for preheat_type in PREHEAT_TYPES:
+            for preheat_status in PREHEAT_STATUSES:
+                self.metrics.preheats.labels(type=preheat_type, status=preheat_status).set(
+                    preheats.get((preheat_type, preheat_status), 0))
         return self.metrics.render()
 
     def report_download(self, req: TaskMetricsRequest) -> None:
@@ -93,10 +100,12 @@ class Supernode:
             self._runners.append(runner)
             await web.TCPSite(runner, s.listen_host, port, reuse_address=True).start()
         self.gc.start()
+        self.preheats.start()
         log.info("supernode %s serving API on %s:%d and CDN on %s:%d (advertised as %s), home %s", __version__,
                  s.listen_host, s.port, s.listen_host, s.download_port, s.advertise_ip, s.home_dir)
 
     async def stop(self) -> None:
+        await self.preheats.stop()
         await self.gc.stop()
         for runner in reversed(self._runners):
             await runner.cleanup()

@@ -17,6 +17,14 @@ from .models import CdnStatus, TaskInfo
 from .pieces import DEFAULT_PIECE_SIZE, piece_count, piece_total_at_register
 
 
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _redacted(headers: dict[str, str]) -> dict[str, str]:
+    """Task headers as the API shows them: credentials a registrant or a preheat passed are not echoed."""
+    return {k: "<redacted>" if k.lower() in _SECRET_HEADERS else v for k, v in headers.items()}
+
+
 class ClientStatus(enum.StrEnum):
     WAITING = "WAITING"
     RUNNING = "RUNNING"
@@ -79,7 +87,7 @@ class Task:
         return TaskInfo(
             id=spec.task_id, call_system=spec.call_system, cdn_status=self.cdn_status, dfdaemon=spec.dfdaemon,
             file_length=self.file_length if self.cdn_status == CdnStatus.SUCCESS else 0,
-            headers=spec.headers or None, http_file_length=max(self.http_file_length, 0),
+            headers=_redacted(spec.headers) or None, http_file_length=max(self.http_file_length, 0),
             identifier=spec.identifier, md5=spec.md5, piece_size=self.piece_size, piece_total=self.piece_total,
             raw_url=spec.raw_url, real_md5=self.real_md5, task_url=spec.task_url,
         )

@@ -32,7 +32,9 @@ from ..models import (
     TaskUpdateRequest,
     VersionInfo,
 )
+from ..preheat_models import PreheatCreateRequest, PreheatCreateResponse, PreheatInfo
 from . import legacy, rest, system
+from . import preheat as preheat_api
 from .wire import json_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -111,6 +113,17 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/tasks/{id}/pieces/{pieceRange}", rest.update_piece, "Update a piece's status", "Piece",
           body=PieceUpdateRequest, prefixes=_REST, errors=(400, 404),
           params=(_ID, Param("pieceRange", "path", {"type": "string", "pattern": "^[0-9]+-[0-9]+$"}, True))),
+    Route("POST", "/preheats", preheat_api.create_preheat,
+          "Preheat a file or an image into the CDN: 201 new; 200 the same preheat is running; 208 it already "
+          "succeeded (body adds code and message)", "PreheatTask", body=PreheatCreateRequest, ok=201,
+          answer=PreheatCreateResponse, errors=(400, 409), prefixes=_REST),
+    Route("GET", "/preheats", preheat_api.list_preheats, "List preheats (an image's layers are listed too)",
+          "PreheatTask", answer=PreheatInfo, many=True, errors=(), prefixes=_REST),
+    Route("GET", "/preheats/{id}", preheat_api.get_preheat, "Get a preheat", "PreheatTask", answer=PreheatInfo,
+          params=(_ID,), errors=(404,), prefixes=_REST),
+    Route("DELETE", "/preheats/{id}", preheat_api.delete_preheat,
+          "EXTENSION. Cancel a preheat if it runs and forget it (the cached content stays)", "PreheatTask", ok=204,
+          params=(_ID,), errors=(404,), prefixes=_REST),
     Route("POST", "/peer/registry", legacy.register, "dfget v1: register a peer and its task", "Legacy",
           body=RegisterRequest, answer="resultinfo", errors=(400, 409)),
     Route("GET", "/peer/task", legacy.pull_piece_task, "dfget v1: report a piece and pull piece tasks", "Legacy",

@@ -97,7 +97,7 @@ class TaskManager:
         self.progress.add_peer(peer.id, serves=serves)
         self.metrics.peers.labels(peer=peer.ip).inc()
         try:
-            task = await self._admit(spec)
+            task = await self.admit(spec)
         except DfError:
             self._drop_peer(peer.id)
             raise
@@ -115,7 +115,7 @@ class TaskManager:
                           tls=TlsOptions())
         if not self.progress.has_peer(peer.id):
             self.progress.add_peer(peer.id, serves=peer.port != 0)
-        task = await self._admit(spec)
+        task = await self.admit(spec)
         self._add_client(task, Client(cid=req.cid, task_id=task.id, peer_id=peer.id,
                                       path=req.path or f"/peer/file/{req.cid}", super_node_ip=req.super_node_ip,
                                       call_system=req.call_system, serves=peer.port != 0))
@@ -130,7 +130,7 @@ class TaskManager:
                         raw_url=raw_url, task_url=task_url, md5=md5, identifier=identifier, headers=headers,
                         call_system=call_system, dfdaemon=dfdaemon, tls=tls)
 
-    async def _admit(self, spec: TaskSpec) -> Task:
+    async def admit(self, spec: TaskSpec) -> Task:
         """The live task for ``spec``: joined if it runs or succeeded, else (re)fetched, once at a time."""
         self.cdn.source.remember_tls(spec.raw_url, spec.tls)
         lock = self._locks.setdefault(spec.task_id, asyncio.Lock())

@@ -158,3 +158,11 @@ async def test_stubs_and_metrics_report(api: TestClient) -> None:
     assert 'dragonfly_dfget_download_total{callsystem="ci",peer="127.0.0.2"} 2.0' in text
     assert 'dragonfly_dfget_download_failed_total{callsystem="ci",peer="127.0.0.2",reason="3"} 1.0' in text
     assert 'dragonfly_dfget_download_size_bytes_total{callsystem="ci",peer="127.0.0.2"} 100.0' in text
+
+
+async def test_task_info_does_not_echo_credentials(api: TestClient, origin: OriginServer) -> None:
+    origin.files["/secret.bin"] = b"s"
+    _, body = await register(api, register_body(origin.url("/secret.bin"),
+                                                headers=["Authorization: Basic dXNlcjpwYXNz", "X-Trace: 1"]))
+    info = await (await api.get(f"/api/v1/tasks/{body['data']['taskId']}")).json()
+    assert info["headers"] == {"Authorization": "<redacted>", "X-Trace": "1"}

@@ -461,7 +461,7 @@ def group(ex: Exchange) -> str:
 @pytest.mark.parametrize("name", [
     "dfget-endpoints",
     "rest-and-system",
-    pytest.param("preheats", marks=pytest.mark.skip(reason="the /preheats endpoints are issue 5 (Preheat)")),
+    "preheats",
 ])
 async def test_failures(
     session: aiohttp.ClientSession, supernode: SupernodeProcess, origin: OriginServer, name: str

@@ -49,12 +49,17 @@ EXTENSIONS: list[tuple[str, str, list[str]]] = [
     ("dragonfly_supernode_cdn_served_bytes", "counter", []),
     ("dragonfly_supernode_tasks_failed", "counter", ["reason"]),
     ("dragonfly_supernode_cdn_cache_verify_failed", "counter", []),
+    ("dragonfly_supernode_preheats", "gauge", ["type", "status"]),
+    ("dragonfly_supernode_preheats_finished", "counter", ["type", "status"]),
+    ("dragonfly_supernode_preheat_duration_seconds", "histogram", ["type", "status"]),
+    ("dragonfly_supernode_preheat_bytes", "counter", ["type"]),
 ]
 
 
 def touch_every_labelled_metric(m: Metrics) -> None:
     """Labelled metrics export no sample until a child exists; create one of each."""
     m.http_requests_total.labels(code="200", handler="/_ping").inc()
+    m.preheat_duration_seconds.labels(type="image", status="SUCCESS").observe(12)
     m.http_request_duration_seconds.labels(handler="/_ping").observe(0.003)
     m.http_request_size_bytes.labels(handler="/_ping").observe(120)
     m.http_response_size_bytes.labels(handler="/_ping").observe(2)
