@@ -17,9 +17,9 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +28,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from supernode.units import parse_size  # noqa: E402
+from supernode.units import parse_size
 
 _PATTERN = bytes(i % 251 for i in range(251 * 4096))
 
@@ -82,9 +80,10 @@ async def run(size: int) -> dict[str, object]:
     runner, origin_port = await _origin(size)
     api, cdn = _free_port(), _free_port()
     home = tempfile.mkdtemp(prefix="bench-sn-")
-    proc = subprocess.Popen([sys.executable, "-m", "supernode", "--home-dir", home, "--port", str(api),
-                             "--download-port", str(cdn), "--advertise-ip", "127.0.0.1", "--listen-host", "127.0.0.1",
-                             "--max-bandwidth", "100G"], stderr=subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supernode", "--home-dir", home, "--port", str(api), "--download-port", str(cdn),
+        "--advertise-ip", "127.0.0.1", "--listen-host", "127.0.0.1", "--max-bandwidth", "100G",
+        stderr=asyncio.subprocess.DEVNULL)
     samples: list[int] = []
     try:
         async with aiohttp.ClientSession() as http:
@@ -129,7 +128,8 @@ async def run(size: int) -> dict[str, object]:
             serve_seconds = time.monotonic() - started
             peak = _rss_kib(proc.pid, "VmHWM")
         return {
-            "file_bytes": size, "cdn_status": info["cdnStatus"], "real_md5_ok": info.get("realMd5") == _expected_md5(size),
+            "file_bytes": size, "cdn_status": info["cdnStatus"],
+            "real_md5_ok": info.get("realMd5") == _expected_md5(size),
             "served_bytes": served, "wrapped_bytes": wrapped, "fetch_seconds": round(fetch_seconds, 2),
             "fetch_mib_s": round(size / fetch_seconds / 2**20, 1), "serve_seconds": round(serve_seconds, 2),
             "serve_mib_s": round(served / serve_seconds / 2**20, 1), "idle_rss_mib": round(idle_rss / 1024, 1),
@@ -138,9 +138,9 @@ async def run(size: int) -> dict[str, object]:
         }
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        await asyncio.wait_for(proc.wait(), 30)
         await runner.cleanup()
-        subprocess.run(["rm", "-rf", home], check=False)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> None:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     interval_threshold: Duration = 7200.0
     clean_ratio: int = Field(1, ge=1, le=10)
 
+    client_min_rate: Size = Field(64 * 1024, gt=0, description="dfget's minimum download rate (--minrate)")
+    piece_timeout_margin: Duration = Field(40.0, description="added to pieceSize/minRate before a handed-out "
+                                                               "piece that was never reported is taken back")
     source_probe_timeout: Duration = 4.0
     source_read_timeout: Duration = 60.0
 

@@ -16,7 +16,6 @@ from .ids import is_blank
 from .models import CdnStatus, TaskInfo
 from .pieces import DEFAULT_PIECE_SIZE, piece_count, piece_total_at_register
 
-
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
@@ -105,3 +104,5 @@ class Client:
     call_system: str = ""
     serves: bool = True
     status: ClientStatus = ClientStatus.WAITING
+    assigned: dict[int, float] = field(default_factory=dict)
+    """Pieces handed out and not yet reported, with the (monotonic) time they were handed out."""

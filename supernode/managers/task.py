@@ -264,6 +264,7 @@ class TaskManager:
     def _update(self, task: Task, client: Client, dst_pid: str | None, piece: Range, status: PieceStatus) -> None:
         """Record one piece outcome for ``client``; counts served bytes the first time a piece succeeds."""
         num = piece.piece_num
+        client.assigned.pop(num, None)
         first_success = (status in (PieceStatus.SUCCESS, PieceStatus.SEMISUC)
                          and num not in self.progress.client_done(task.id, client.cid))
         self.progress.update_piece(task.id, client.cid, dst_pid or "", num, status, time.monotonic())
@@ -289,6 +290,7 @@ class TaskManager:
             if not client.serves:
                 self._service_down(client)
             return Finished(FinishData(file_length=task.file_length, md5=task.real_md5))
+        self._expire_assignments(task, client)
         started = time.perf_counter()
         try:
             assignments = schedule(self.progress, task.id, client.cid, now=time.monotonic(), limit=limit)
@@ -296,10 +298,30 @@ class TaskManager:
             peer = self.peers.find(client.peer_id)
             self.metrics.schedule_duration_milliseconds.labels(peer=peer.ip if peer else "").observe(
                 (time.perf_counter() - started) * 1000)
+        now = time.monotonic()
+        client.assigned.update((a.piece_num, now) for a in assignments)
         items = [item for a in assignments if (item := self._item(task, client, a)) is not None]
         if not items:
             raise DfError(DfCode.PEER_WAIT, f"task {task.id}: no piece available")
         return items
+
+    def _expire_assignments(self, task: Task, client: Client) -> None:
+        """Take back pieces the client was given long ago and never reported.
+
+        A client that lost a piece (a crash of its fetcher, a report lost on the way) would otherwise
+        hold a download slot and a source's upload slot forever, and get 602 for good once its slots
+        are all taken. The deadline is dfget's own piece timeout (``pieceSize / minRate + 10 s``, minRate
+        64 KiB/s by default) plus a margin; nobody is blamed for an expiry.
+        """
+        s = self.settings
+        deadline = time.monotonic() - (task.piece_size / s.client_min_rate + s.piece_timeout_margin)
+        stale = [num for num, at in client.assigned.items() if at < deadline]
+        running = self.progress.client_running(task.id, client.cid)
+        for num in stale:
+            del client.assigned[num]
+            if num in running:
+                self.progress.update_piece(task.id, client.cid, running[num], num, PieceStatus.WAITING,
+                                           time.monotonic())
 
     def _item(self, task: Task, client: Client, a: Assignment) -> PieceTaskItem | None:
         if a.dst_pid == self.super_peer.id:

@@ -166,3 +166,32 @@ async def test_task_info_does_not_echo_credentials(api: TestClient, origin: Orig
                                                 headers=["Authorization: Basic dXNlcjpwYXNz", "X-Trace: 1"]))
     info = await (await api.get(f"/api/v1/tasks/{body['data']['taskId']}")).json()
     assert info["headers"] == {"Authorization": "<redacted>", "X-Trace": "1"}
+
+
+async def test_pieces_never_reported_are_taken_back(tmp_path: Any, aiohttp_client: Any,
+                                                    origin: OriginServer) -> None:
+    from supernode.config import Settings
+
+    node = Supernode(Settings(home_dir=tmp_path / "h", advertise_ip="127.0.0.1", client_min_rate="1G",
+                              piece_timeout_margin=0.3, down_limit=1))
+    try:
+        api = await aiohttp_client(node.api_app())
+        origin.files["/two.bin"] = bytes(5 * 1024 * 1024)
+        _, reg = await register(api, register_body(origin.url("/two.bin")))
+        tid = reg["data"]["taskId"]
+        query = f"srcCid={CID}&dstCid=&range=&result=502&status=700&taskId={tid}"
+        for _ in range(100):
+            body = await _pull(api, query)
+            if body["code"] == 601:
+                break
+            await asyncio.sleep(0.02)
+        first = body["data"][0]["pieceNum"]
+        busy = await _pull(api, query)
+        assert busy["code"] in (601, 602) and "data" not in busy, "the only download slot is taken"
+        await asyncio.sleep(0.4)
+        again = await _pull(api, query)
+        assert again["code"] == 601, again
+        assert again["data"][0]["pieceNum"] in (0, 1) and len(again["data"]) == 1
+        assert first in (0, 1)
+    finally:
+        await node.stop()

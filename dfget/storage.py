@@ -1,0 +1,159 @@
+"""Where a download's bytes live until they are complete and checked (spec §3.1, §3.6, §3.7).
+
+Pieces are written at their offsets into a temporary file beside the output, which is also linked
+into the uploader's data directory as ``{taskFileName}.service`` so that the node serves pieces of an
+unfinished download to other peers. Only a whole-file MD5 match publishes the file, by an atomic
+rename over the output: a reader of the output never sees a partial or unverified file. When the
+data directory is on another file system (no hard link), pieces go to the service file and the
+verified content is copied beside the output before the rename.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from .errors import LocalIOError, Md5Mismatch
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+
+
+def io_error(what: str, exc: OSError) -> LocalIOError:
+    return LocalIOError(f"{what}: {exc.strerror or exc}", no_space=exc.errno in (errno.ENOSPC, errno.EDQUOT))
+
+
+def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+    """``os.pwrite`` (or ``os.write`` without an offset) until every byte is written."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        view = view[written:]
+        if offset is not None:
+            offset += written
+
+
+def temp_path(output: Path, sign: str, kind: str) -> Path:
+    """A hidden name beside the output, unique per dfget run, so that the final rename is atomic."""
+    return output.parent / f".{output.name}.{kind}-{sign}.tmp"
+
+
+def prepare_output(output: Path) -> None:
+    """Fail early, before any download, when the output cannot be written."""
+    if output.is_dir():
+        raise LocalIOError(f"output {output} is a directory")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise io_error(f"cannot create the directory of {output}", exc) from exc
+
+
+class PieceFile:
+    """The file pieces are written into at their offsets; see the module docstring for the layout."""
+
+    def __init__(self, output: Path, sign: str, service: Path | None) -> None:
+        self.output = output
+        self.temp = temp_path(output, sign, "dfget")
+        self.service = service
+        self._separate = False
+        prepare_output(output)
+        try:
+            self._fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise io_error(f"cannot create {self.temp}", exc) from exc
+        if service is None:
+            return
+        try:
+            service.parent.mkdir(parents=True, exist_ok=True)
+            os.link(self.temp, service)
+        except OSError as link_error:
+            log.info("cannot hard-link %s to %s (%s): writing pieces to the service file", service, self.temp,
+                     link_error)
+            os.close(self._fd)
+            self.temp.unlink(missing_ok=True)
+            self._separate = True
+            try:
+                self._fd = os.open(service, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                raise io_error(f"cannot create {service}", exc) from exc
+
+    async def write(self, offset: int, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._write_all, offset, data)
+        except OSError as exc:
+            raise io_error(f"cannot write {self.output.name} at offset {offset}", exc) from exc
+
+    def _write_all(self, offset: int, data: bytes) -> None:
+        write_all(self._fd, data, offset)
+
+    async def reset(self) -> None:
+        """Forget every byte (the piece size changed after a migration, so every offset moved)."""
+        try:
+            await asyncio.to_thread(os.ftruncate, self._fd, 0)
+        except OSError as exc:
+            raise io_error(f"cannot truncate {self.temp}", exc) from exc
+
+    def _md5(self, length: int) -> str:
+        digest = hashlib.md5()
+        offset = 0
+        while offset < length:
+            block = os.pread(self._fd, min(CHUNK, length - offset), offset)
+            if not block:
+                break
+            digest.update(block)
+            offset += len(block)
+        return digest.hexdigest()
+
+    def _copy_to_temp(self, length: int) -> None:
+        with open(self.temp, "xb") as out:
+            offset = 0
+            while offset < length:
+                block = os.pread(self._fd, min(CHUNK, length - offset), offset)
+                if not block:
+                    break
+                out.write(block)
+                offset += len(block)
+            out.flush()
+            os.fsync(out.fileno())
+
+    async def publish(self, length: int, expected_md5: str) -> str:
+        """Cut the file to ``length``, check its MD5 (when one is expected), rename it over the output.
+
+        Returns the file's MD5. ``Md5Mismatch`` leaves the output untouched.
+        """
+        try:
+            await asyncio.to_thread(os.ftruncate, self._fd, length)
+            real = await asyncio.to_thread(self._md5, length)
+        except OSError as exc:
+            raise io_error(f"cannot read back {self.temp}", exc) from exc
+        if expected_md5 and real != expected_md5:
+            raise Md5Mismatch(f"the downloaded file's MD5 is {real}, expected {expected_md5}")
+        try:
+            if self._separate:
+                await asyncio.to_thread(self._copy_to_temp, length)
+            else:
+                await asyncio.to_thread(os.fsync, self._fd)
+            os.replace(self.temp, self.output)
+        except OSError as exc:
+            raise io_error(f"cannot move the download to {self.output}", exc) from exc
+        return real
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def discard(self) -> None:
+        """Remove every name of an abandoned download: the output is never touched."""
+        self.close()
+        with contextlib.suppress(OSError):
+            self.temp.unlink(missing_ok=True)
+        if self.service is not None:
+            with contextlib.suppress(OSError):
+                self.service.unlink(missing_ok=True)
