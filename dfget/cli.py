@@ -25,7 +25,6 @@ from .core import DfgetRun, RunResult
 from .errors import DfgetError, ExitCode
 from .progress import Progress, summary
 from .protocol import PROTOCOL_VERSION
-from .uploader import serve
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -185,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = parse_server(args[1:])
         _setup_logging(server.home, "dfserver.log", server.verbose)
         try:
+            from .uploader import serve  # aiohttp.web: only the uploader pays for its import
+
             return asyncio.run(serve(server))
         except KeyboardInterrupt:
             return int(ExitCode.INTERRUPTED)

@@ -33,7 +33,7 @@ from .supernode_api import ApiError, FinishData, PieceTask, ResultInfo, Supernod
 log = logging.getLogger(__name__)
 
 QUEUE_POLL = 2.0  # re-send the latest pull after this long without a piece result
-WAIT_FIRST, WAIT_MAX = 0.05, 1.0  # back-off after a 602, doubled each time, with jitter
+WAIT_FIRST, WAIT_MAX = 0.05, 0.4  # back-off after a 602, doubled each time, with jitter (dfget: 0.8)
 REPORT_ATTEMPTS = 3
 FAIL_DELAY = 0.02  # dfget queues a failed piece 20 ms after the failure
 #: Codes after which the loop carries on with this supernode; any other code migrates.

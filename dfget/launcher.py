@@ -26,7 +26,6 @@ import dfget
 
 from .config import DownloadConfig
 from .protocol import PROTOCOL_VERSION, UPLOADER_API_TIMEOUT, UPLOADER_PORT_LINE, USER_AGENT, raw_query
-from .uploader import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +132,8 @@ async def ensure_uploader(session: aiohttp.ClientSession, config: DownloadConfig
                           name: str) -> LocalUploader:
     """The node's uploader, with ``name`` registered: reused when it answers ``/check``, else started."""
     async with _launch_lock(config.meta_path.with_name("uploader.lock")):
+        from .uploader import read_meta  # aiohttp.web: a download that reuses the uploader never needs it
+
         port, _ = read_meta(config.meta_path)
         if port:
             uploader = LocalUploader(session, ip, port)
