@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from . import __version__
 from .config import ConfigFileError, Settings, load_settings
 from .node import Supernode
+from .security import TokenError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,10 +36,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--up-limit", dest="up_limit", help="concurrent uploads per peer (default 5)")
     p.add_argument("--down-limit", dest="down_limit", help="concurrent downloads per client (default 4)")
     p.add_argument("--cdn-task-limit", dest="cdn_task_limit",
-                   help="concurrent CDN pieces served per task (default 4)")
+                   help="concurrent CDN pieces served per task (default 16)")
     p.add_argument("--max-bandwidth", dest="max_bandwidth", help="total bandwidth, e.g. 200M (default 200M)")
     p.add_argument("--system-bandwidth", dest="system_bandwidth",
                    help="bandwidth kept for the system, e.g. 20M (default 20M)")
+    p.add_argument("--api-token-file", dest="api_token_file",
+                   help="file with the bearer token that state-changing REST and preheat calls must send "
+                        "(a mounted Secret; the token itself is SUPERNODE_API_TOKEN or api_token in the config "
+                        "file, never a flag, because every user of the host can read a process's arguments)")
+    p.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate of the API port (with --tls-key: HTTPS)")
+    p.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
+    p.add_argument("--source-allow", dest="source_allow", action="append",
+                   help="host the supernode may fetch from: name, *.domain, IP or network (comma-separated or "
+                        "repeated; default: every host)")
     p.add_argument("--version", action="version", version=f"supernode {__version__}")
     return p
 
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
-            where = ".".join(str(p) for p in err["loc"])
+            where = ".".join(str(p) for p in err["loc"]) or "configuration"
             print(f"supernode: invalid {where}: {err['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
@@ -88,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _run(settings)
+    except TokenError as exc:
+        print(f"supernode: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"supernode: {exc}", file=sys.stderr)
         return 1

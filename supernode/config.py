@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BeforeValidator, Field, field_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .security import SourceAllowList
 from .units import parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/dragonfly/supernode.yml")
@@ -22,6 +23,24 @@ DEFAULT_CONFIG_PATH = Path("/etc/dragonfly/supernode.yml")
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+def _split_list(value: Any) -> Any:
+    """``a,b c`` (an environment variable, a flag given once or more) -> ``["a", "b", "c"]``."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        return [item for text in value for item in (text.replace(",", " ").split() if isinstance(text, str)
+                                                    else [text])]
+    return value
+
+
+def _blank_is_none(value: Any) -> Any:
+    """``SUPERNODE_API_TOKEN=""`` (an empty Helm value) means no token, not an empty one."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
 class ConfigFileError(Exception):
@@ -57,7 +76,8 @@ class Settings(BaseSettings):
 
     up_limit: int = Field(5, ge=1, description="concurrent uploads one peer may serve")
     down_limit: int = Field(4, ge=1, description="concurrent pieces one client may download")
-    cdn_task_limit: int = Field(4, ge=1, description="concurrent CDN piece downloads served per task")
+    cdn_task_limit: int = Field(16, ge=1, description="concurrent CDN piece downloads served per task (Go: 4, "
+                                                      "which leaves peers idle while the CDN could serve them)")
     elimination_limit: int = Field(5, ge=1)
     failure_count_limit: int = Field(5, ge=0)
     max_bandwidth: Size = 200 * 1024**2
@@ -86,6 +106,37 @@ class Settings(BaseSettings):
     preheat_timeout: Duration = Field(1800.0, description="a running preheat fails after this long (Go: 30m)")
     preheat_concurrency: int = Field(4, ge=1, description="preheats that run at once; the others wait")
     preheat_layer_concurrency: int = Field(4, ge=1, description="layers of one image fetched at once")
+
+    api_token: Annotated[SecretStr | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="bearer token required by every state-changing REST and preheat call (default: none, "
+                          "the API is open); prefer api_token_file or SUPERNODE_API_TOKEN to a file or flag")
+    api_token_file: Annotated[Path | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="file holding the token (a mounted Kubernetes Secret); re-read when it changes")
+    tls_cert: Annotated[Path | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="PEM certificate (chain) of the API port; with tls_key the API port speaks HTTPS only")
+    tls_key: Annotated[Path | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="PEM private key of tls_cert")
+    source_allow: StrList = Field(
+        default_factory=list, description="hosts the supernode may fetch from: names, *.domain, IPs, networks "
+                                          "(default: empty, every host is allowed)")
+
+    @field_validator("source_allow")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        SourceAllowList.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ValueError("set api_token or api_token_file, not both")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+    @property
+    def allow_list(self) -> SourceAllowList:
+        return SourceAllowList.parse(self.source_allow)
 
     @field_validator("advertise_ip")
     @classmethod

@@ -30,6 +30,8 @@ class DfCode(enum.IntEnum):
     URL_NOT_REACHABLE = 12
     TASK_ID_DUPLICATE = 13
     AUTHENTICATION_REQUIRED = 14
+    SOURCE_NOT_ALLOWED = 15
+    """EXTENSION: the source host is not in ``source_allow`` (no Go counterpart; answered with HTTP 403)."""
 
 
 _DEFAULT_MSG = {
@@ -48,6 +50,7 @@ _DEFAULT_MSG = {
     DfCode.URL_NOT_REACHABLE: "url not reachable",
     DfCode.TASK_ID_DUPLICATE: "taskId conflict",
     DfCode.AUTHENTICATION_REQUIRED: "authentication required",
+    DfCode.SOURCE_NOT_ALLOWED: "source not allowed",
 }
 
 

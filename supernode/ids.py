@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
+
+from yarl import URL
 
 # The 32-character salt of the Go supernode (``manager_util.go``); the backquote and the double quote
 # are literal characters of the key.
@@ -19,6 +22,9 @@ TASK_ID_KEY = ">I$pg-~AS~sP'rqu_`Oh&lz#9]\"=;nE%"
 SUPER_CID_PREFIX = "cdnnode:"
 
 _TASK_ID_RE = re.compile(r"[0-9a-f]{64}")
+# RFC 9110 token: what a header name may be. Values must not carry CR, LF or NUL (header injection).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 
 def is_blank(value: str | None) -> bool:
@@ -110,3 +116,36 @@ def is_super_cid(cid: str, advertise_ip: str) -> bool:
 def cdn_http_path(task: str) -> str:
     """Where the download port serves a task's wrapped file: ``/download/{id[:3]}/{id}``."""
     return f"/download/{task[:3]}/{task}"
+
+
+def source_url_problem(url: str) -> str:
+    """Why ``url`` cannot be fetched as a source ("" when it can): refused up front as bad input (400)
+    rather than discovered later as an unreachable source.
+
+    An http(s) URL with a host, a port in 1-65535 and no control characters, that both the standard
+    library and yarl (the parser of the HTTP client) accept.
+    """
+    if not url.isprintable():
+        return "contains control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        URL(url)
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "not an http or https URL"
+    if not parts.hostname:
+        return "no host"
+    if port == 0:
+        return "port 0"
+    return ""
+
+
+def header_problem(name: str, value: str) -> str:
+    """Why ``name: value`` cannot be sent to a source ("" when it can)."""
+    if not _HEADER_NAME.match(name):
+        return f"header name {name!r} is not an HTTP token"
+    if _HEADER_VALUE_FORBIDDEN.search(value):
+        return f"header {name!r} has CR, LF or NUL in its value"
+    return ""

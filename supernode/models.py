@@ -84,7 +84,7 @@ class RegisterRequest(WireModel):
     cid: str = Field("", alias="cID")
     call_system: str = Field("", alias="callSystem")
     dfdaemon: bool = False
-    file_length: int = Field(0, alias="fileLength")
+    file_length: int = Field(0, alias="fileLength", ge=-(2**63), le=2**63 - 1)  # Go's int64
     headers: list[str] | None = None
     host_name: str = Field("", alias="hostName")
     identifier: str = ""
@@ -136,8 +136,10 @@ class TaskMetricsRequest(WireModel):
     backsource_reason: str = Field("", alias="backsourceReason")
     cid: str = Field("", alias="cID")
     call_system: str = Field("", alias="callSystem")
-    duration: float = 0.0
-    file_length: int = Field(0, alias="fileLength")
+    # Both feed Prometheus counters and histograms: a NaN, an infinity or an integer beyond float range
+    # from one client would poison (or crash) every later scrape of these series.
+    duration: float = Field(0.0, ge=0, allow_inf_nan=False)
+    file_length: int = Field(0, alias="fileLength", ge=-(2**63), le=2**63 - 1)  # Go's int64
     port: PeerPort = 0
     success: bool = False
     task_id: str = Field("", alias="taskId")
@@ -176,7 +178,7 @@ class SortDirection(enum.StrEnum):
 
 
 class PeerCreateRequest(WireModel):
-    ip: IPv4 = Field(alias="IP")
+    ip: IPv4 = Field(alias="IP", min_length=1)
     host_name: str = Field(alias="hostName", min_length=1, max_length=253,
                            pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
     port: int = Field(ge=15000, le=65000)

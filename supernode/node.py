@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .api.middleware import errors, http_metrics
+from .api.middleware import bearer_auth, errors, http_metrics
 from .api.openapi import build_openapi
 from .api.routes import add_routes
 from .api.wire import NODE
@@ -33,6 +33,7 @@ from .metrics import PREHEAT_STATUSES, PREHEAT_TYPES, Metrics
 from .models import CdnStatus, TaskMetricsRequest
 from .peers import PeerRegistry
 from .progress import Limits, ProgressState
+from .security import ApiToken, server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,10 @@ class Supernode:
             elimination_limit=settings.elimination_limit, failure_count_limit=settings.failure_count_limit,
             cdn_task_limit=settings.cdn_task_limit))
         self.source = SourceClient(header_timeout=settings.source_probe_timeout,
-                                   read_timeout=settings.source_read_timeout)
+                                   read_timeout=settings.source_read_timeout, allow=settings.allow_list)
+        # Raises TokenError for an unreadable or empty token file: better not to start than to run open.
+        self.api_token = ApiToken(token=settings.api_token.get_secret_value() if settings.api_token else None,
+                                  path=settings.api_token_file)
         self.cdn = CdnManager(store=self.store, source=self.source, progress=self.progress, metrics=self.metrics,
                               rate=settings.cdn_rate)
         self.super_peer = self.peers.register(ip=settings.advertise_ip, host_name=socket.gethostname(),
@@ -59,11 +63,11 @@ class Supernode:
         self.repair = PieceRepair(self.tasks)
         self.gc = GarbageCollector(settings=settings, tasks=self.tasks, store=self.store, metrics=self.metrics)
         self.preheats = PreheatManager(settings=settings, tasks=self.tasks, metrics=self.metrics)
-        self.openapi: dict[str, Any] = build_openapi()
+        self.openapi: dict[str, Any] = build_openapi(auth=self.api_token.enabled)
         self._runners: list[web.AppRunner] = []
 
     def api_app(self) -> web.Application:
-        app = web.Application(middlewares=[http_metrics, errors], client_max_size=1024 * 1024)
+        app = web.Application(middlewares=[http_metrics, errors, bearer_auth], client_max_size=1024 * 1024)
         app[NODE] = self
         add_routes(app)
         return app
@@ -94,15 +98,23 @@ class Supernode:
         """Bind both ports; on return the node serves requests."""
         await asyncio.to_thread(self.store.root.mkdir, parents=True, exist_ok=True)
         s = self.settings
-        for app, port in ((self.api_app(), s.port), (build_download_app(self.store, self.metrics), s.download_port)):
+        # The download port stays plain HTTP: dfget 1.0.x fetches pieces with http:// URLs only.
+        tls = server_ssl_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
+        for app, port, ssl_context in ((self.api_app(), s.port, tls),
+                                       (build_download_app(self.store, self.metrics), s.download_port, None)):
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             self._runners.append(runner)
-            await web.TCPSite(runner, s.listen_host, port, reuse_address=True).start()
+            await web.TCPSite(runner, s.listen_host, port, reuse_address=True, ssl_context=ssl_context).start()
         self.gc.start()
         self.preheats.start()
-        log.info("supernode %s serving API on %s:%d and CDN on %s:%d (advertised as %s), home %s", __version__,
-                 s.listen_host, s.port, s.listen_host, s.download_port, s.advertise_ip, s.home_dir)
+        log.info("supernode %s serving API on %s://%s:%d and CDN on %s:%d (advertised as %s), home %s", __version__,
+                 "https" if tls else "http", s.listen_host, s.port, s.listen_host, s.download_port, s.advertise_ip,
+                 s.home_dir)
+        if self.api_token.enabled:
+            log.info("the write API needs a bearer token; the dfget v1 endpoints stay open")
+        if self.source.allow.enabled:
+            log.info("fetching only from hosts in source_allow: %s", ", ".join(s.source_allow))
 
     async def stop(self) -> None:
         await self.preheats.stop()

@@ -19,6 +19,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, field_serializer, model_validator
 
+from .ids import header_problem, source_url_problem
 from .models import WireModel
 from .registry import Platform, RegistryError, parse_manifest_url
 
@@ -49,7 +50,7 @@ def _ca_cert(pem: str) -> str:
     if pem:
         try:
             ssl.create_default_context(cadata=pem)
-        except (ssl.SSLError, ValueError) as exc:
+        except (ssl.SSLError, ValueError, TypeError) as exc:  # TypeError: non-ASCII text
             raise ValueError(f"caCert is not a PEM CA certificate: {exc}") from None
     return pem
 
@@ -79,6 +80,13 @@ class PreheatCreateRequest(WireModel):
                 raise ValueError(str(exc)) from None
         elif not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must be an http or https URL, got {self.url!r}")
+        problem = source_url_problem(self.url)
+        if problem:
+            raise ValueError(f"url {self.url!r}: {problem}")
+        for name, value in (self.headers or {}).items():
+            problem = header_problem(name, value)
+            if problem:
+                raise ValueError(problem)
         return self
 
 

@@ -40,7 +40,7 @@ def _content(route: Route) -> dict[str, Any] | None:
     return {"application/json": {"schema": schema}}
 
 
-def _operation(route: Route, path: str) -> dict[str, Any]:
+def _operation(route: Route, path: str, *, auth: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     ok: dict[str, Any] = {"description": "no error"}
     content = _content(route)
@@ -50,6 +50,11 @@ def _operation(route: Route, path: str) -> dict[str, Any]:
     error_content = {"application/json": {"schema": {"$ref": _REF.format(model=ERROR_MODEL.__name__)}}}
     for status in route.errors:
         responses[str(status)] = {"description": "error", "content": error_content}
+    if route.path in ("/tasks", "/preheats", "/peer/registry") and route.method == "POST":
+        responses["403"] = {"description": "the source URL's host is not in the supernode's source_allow",
+                            "content": error_content}
+    if auth and route.needs_token:
+        responses["401"] = {"description": "no or a wrong bearer token", "content": error_content}
     params = [
         {"name": p.name, "in": p.where, "required": p.required or p.where == "path", "schema": dict(p.schema),
          **({"description": p.description} if p.description else {})}
@@ -63,13 +68,16 @@ def _operation(route: Route, path: str) -> dict[str, Any]:
                           .replace("}", "").replace(":", "").replace("[0-9.]+", "").replace(".", "")}
     if params:
         op["parameters"] = params
+    if auth and route.needs_token:
+        op["security"] = [{"bearer": []}]
     if route.body is not None:
         op["requestBody"] = {"required": route.body_required, "content": {
             "application/json": {"schema": {"$ref": _REF.format(model=route.body.__name__)}}}}
     return op
 
 
-def build_openapi() -> dict[str, Any]:
+def build_openapi(*, auth: bool = False) -> dict[str, Any]:
+    """The document of this node: with ``auth`` (an API token is configured) the protected operations say so."""
     models: set[type[BaseModel]] = {ERROR_MODEL}
     for route in ROUTES:
         if route.body is not None:
@@ -84,11 +92,14 @@ def build_openapi() -> dict[str, Any]:
     for route in ROUTES + INDEX_ROUTES:
         for path in mounted(route):
             openapi_path = path.replace("{version:[0-9.]+}", "{version}")
-            paths.setdefault(openapi_path, {})[route.method.lower()] = _operation(route, path)
+            paths.setdefault(openapi_path, {})[route.method.lower()] = _operation(route, path, auth=auth)
     return {
         "openapi": "3.0.3",
         "info": {"title": "Dragonfly SuperNode API", "version": __version__,
                  "description": "The SuperNode API (swagger 0.1) and the legacy dfget v1 endpoints."},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, **({"securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "the supernode's api_token; the dfget v1 endpoints and read-only GETs need none"}}}
+            if auth else {})},
     }

@@ -29,6 +29,9 @@ async def create_preheat(request: web.Request) -> web.Response:
     node = request.app[NODE]
     req = await body_model(request, PreheatCreateRequest)
     try:
+        # Checked here as well as by the CDN's connector: a refused preheat answers 403 at once instead of
+        # becoming a FAILED record (and an image's manifest is fetched by the registry client, not the CDN).
+        node.source.allow.check(req.url)
         record, outcome = await node.preheats.create(req)
     except DfError as exc:
         raise rest_error(exc) from None

@@ -31,7 +31,10 @@ def _sort_keys(request: web.Request) -> list[str]:
 async def create_peer(request: web.Request) -> web.Response:
     node = request.app[NODE]
     req = await body_model(request, PeerCreateRequest)
-    peer = node.peers.register(ip=req.ip, host_name=req.host_name, port=req.port, version=req.version)
+    try:
+        peer = node.peers.register(ip=req.ip, host_name=req.host_name, port=req.port, version=req.version)
+    except DfError as exc:
+        raise rest_error(exc) from None
     node.metrics.peers.labels(peer=peer.ip).inc()
     return json_response(PeerCreateResponse(id=peer.id).wire(), status=201)
 

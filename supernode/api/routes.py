@@ -67,6 +67,15 @@ class Route:
     errors: tuple[int, ...] = (400,)
     prefixes: tuple[str, ...] = ("",)
     extra: dict[str, object] = field(default_factory=dict)
+    writes: bool | None = None
+    """Changes state, so it needs the API token when one is configured. ``None``: every method but GET."""
+
+    @property
+    def needs_token(self) -> bool:
+        """The dfget v1 endpoints never do: dfget 1.0.x has no way to send a token."""
+        if self.tag == "Legacy":
+            return False
+        return self.writes if self.writes is not None else self.method != "GET"
 
 
 _REST = ("", "/api/v1")
@@ -109,7 +118,7 @@ ROUTES: tuple[Route, ...] = (
           body=PiecePullRequest, body_required=False, answer=PieceInfo, many=True, prefixes=_REST,
           params=(_ID, Param("clientID", "query", _STR, True),
                   Param("num", "query", {"type": "integer", "minimum": 1, "default": 4})),
-          errors=(400, 404, 409)),
+          errors=(400, 404, 409), writes=True),
     Route("PUT", "/tasks/{id}/pieces/{pieceRange}", rest.update_piece, "Update a piece's status", "Piece",
           body=PieceUpdateRequest, prefixes=_REST, errors=(400, 404),
           params=(_ID, Param("pieceRange", "path", {"type": "string", "pattern": "^[0-9]+-[0-9]+$"}, True))),
@@ -167,6 +176,24 @@ def mounted(route: Route) -> list[str]:
     """Every URL template under which ``route`` is served, version-prefixed forms included."""
     paths = [prefix + route.path for prefix in route.prefixes]
     return paths + [VERSION_PREFIX + p for p in paths]
+
+
+def _canonical(path: str) -> str:
+    """A mounted template as aiohttp's ``resource.canonical`` spells it (no regex in the placeholder)."""
+    return path.replace("{version:[0-9.]+}", "{version}")
+
+
+#: (method, canonical template) -> route, for middlewares that need to know what a request reached.
+ROUTE_INDEX: dict[tuple[str, str], Route] = {
+    (route.method, _canonical(path)): route for route in ROUTES + INDEX_ROUTES for path in mounted(route)}
+
+
+def route_of(request: web.Request) -> Route | None:
+    """The table entry a request was routed to; ``None`` for an unknown path or method."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    return ROUTE_INDEX.get((request.method, resource.canonical))
 
 
 def add_routes(app: web.Application) -> None:

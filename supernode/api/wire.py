@@ -29,6 +29,7 @@ _REST_STATUS = {
     DfCode.CDN_FAIL: 409,
     DfCode.PEER_WAIT: 409,
     DfCode.PEER_CONTINUE: 409,
+    DfCode.SOURCE_NOT_ALLOWED: 403,
 }
 
 
@@ -70,17 +71,23 @@ def _validation_text(exc: ValidationError) -> str:
 async def read_json(request: web.Request, *, required: bool = True) -> Any:
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise ApiError(413, f"request body larger than {MAX_JSON_BODY} bytes")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
-        raise ApiError(413, f"request body larger than {MAX_JSON_BODY} bytes")
+    # ``read(n)`` returns what has arrived, up to n bytes: keep reading until the end of the body, or a body
+    # that comes in several packets (a chunked upload, a slow client, a large rootCAs list) is cut short.
+    raw = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY:
+            raise ApiError(413, f"request body larger than {MAX_JSON_BODY} bytes")
     if not raw.strip():
         if required:
             raise ApiError(400, "empty request")
         return {}
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # bad syntax or encoding, or an integer literal of more than 4300 digits
         raise ApiError(400, f"invalid JSON body: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON body: nested too deeply") from None
 
 
 def parse_model(model: type[M], data: Any) -> M:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .. import __version__
+from ..security import AllowListConnector, SourceAllowList
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,17 @@ class TlsOptions:
     root_cas: tuple[str, ...] = ()
 
     def ssl_context(self) -> ssl.SSLContext | bool:
+        """``ssl.SSLError`` or ``ValueError`` when a CA cannot be used."""
         if self.insecure:
             return False
         if not self.root_cas:
             return True
         ctx = ssl.create_default_context()
         for ca in self.root_cas:
-            ctx.load_verify_locations(cadata=_pem_or_der(ca))
+            try:
+                ctx.load_verify_locations(cadata=_pem_or_der(ca))
+            except TypeError as exc:  # PEM text that is not ASCII
+                raise ValueError(str(exc)) from None
         return ctx
 
 
@@ -42,8 +47,10 @@ def _pem_or_der(value: str) -> str | bytes:
 
 
 class SourceClient:
-    def __init__(self, *, header_timeout: float, read_timeout: float) -> None:
+    def __init__(self, *, header_timeout: float, read_timeout: float,
+                 allow: SourceAllowList | None = None) -> None:
         self._header_timeout = header_timeout
+        self.allow = allow or SourceAllowList()
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=header_timeout, sock_read=read_timeout)
         self._tls: dict[str, TlsOptions] = {}
         self._sessions: dict[TlsOptions, aiohttp.ClientSession] = {}
@@ -57,7 +64,7 @@ class SourceClient:
         options = self._tls.get(urlsplit(url).netloc, TlsOptions())
         session = self._sessions.get(options)
         if session is None or session.closed:
-            connector = aiohttp.TCPConnector(ssl=options.ssl_context(), limit=0)
+            connector = AllowListConnector(self.allow, ssl=options.ssl_context(), limit=0)
             session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=False,
                                             headers={"User-Agent": f"dragonfly-supernode-py/{__version__}"})
             self._sessions[options] = session
@@ -66,8 +73,10 @@ class SourceClient:
     async def open(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send a GET and return once the response headers are in; the caller reads and releases it.
 
-        Raises ``aiohttp.ClientError``, ``ssl.SSLError``, ``ValueError`` (bad URL) or
-        ``TimeoutError`` when no headers arrive within the header timeout.
+        Raises ``aiohttp.ClientError`` (:class:`~supernode.security.SourceNotAllowed` when the URL or a
+        redirect leads to a host outside ``source_allow``), ``ssl.SSLError``, ``ValueError`` (bad URL) or
+        ``TimeoutError`` when no headers arrive within the header timeout. Redirects are followed (at most
+        10); every hop passes the allow-list, since the check is in the connector.
         """
         sent = {"Accept-Encoding": "identity", **headers}
         return await asyncio.wait_for(self._session(url).get(url, headers=sent, allow_redirects=True),

@@ -45,6 +45,7 @@ from ..models import CdnStatus
 from ..pieces import HEAD_SIZE, TAIL_BYTE, WRAP_SIZE, data_size, piece_head, piece_md5_text, piece_size_for
 from ..progress import ProgressState
 from ..ratelimit import TokenBucket
+from ..security import SourceNotAllowed
 from ..tasks import Task
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,8 @@ class CdnManager:
             return await self.source.open(url, headers)
         except TimeoutError:
             raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {url}", "source did not answer in time") from None
+        except SourceNotAllowed as exc:
+            raise DfError(DfCode.SOURCE_NOT_ALLOWED, f"url: {url}", str(exc)) from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {url}", f"source unreachable: {exc}") from None
 

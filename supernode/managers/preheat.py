@@ -69,6 +69,7 @@ from ..registry import (
     select_manifests,
     token_request_url,
 )
+from ..security import AllowListConnector, SourceAllowList
 from ..tasks import Task, TaskSpec
 from .task import TaskManager
 
@@ -442,7 +443,7 @@ class PreheatManager:
         except RegistryError as exc:
             raise PreheatFailed(str(exc)) from None
         s = self.settings
-        async with RegistryClient(ref, headers=record.headers, tls=record.tls,
+        async with RegistryClient(ref, headers=record.headers, tls=record.tls, allow=self.tasks.cdn.source.allow,
                                   connect_timeout=s.source_probe_timeout, read_timeout=s.source_read_timeout) as reg:
             blobs = await reg.resolve(record.platforms)
             record.children = [preheat_id(ref.blob_url(d.digest)) for d in blobs]
@@ -521,8 +522,9 @@ class RegistryClient:
     """
 
     def __init__(self, ref: ImageRef, *, headers: dict[str, str], tls: TlsOptions, connect_timeout: float,
-                 read_timeout: float) -> None:
+                 read_timeout: float, allow: SourceAllowList) -> None:
         self.ref = ref
+        self._allow = allow
         self._plain = {k: v for k, v in headers.items() if k.lower() not in ("accept", "authorization")}
         self._given = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
         self._auth = self._given
@@ -533,7 +535,9 @@ class RegistryClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> RegistryClient:
-        connector = aiohttp.TCPConnector(ssl=self._tls.ssl_context(), limit=4)
+        # The allow-list is checked on every connection, so manifest redirects and the token realm are held
+        # to it as the CDN's blob fetches are.
+        connector = AllowListConnector(self._allow, ssl=self._tls.ssl_context(), limit=4)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self
 

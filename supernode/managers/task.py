@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from ..cdn.source import TlsOptions
 from ..config import Settings
 from ..errors import DfCode, DfError, SourceNotFound, invalid, not_found
 from ..ids import (
+    SUPER_CID_PREFIX,
     cdn_http_path,
     convert_headers,
     effective_task_url,
     filter_url_param,
+    header_problem,
     is_super_cid,
+    source_url_problem,
     super_cid,
     task_id,
 )
@@ -40,7 +43,7 @@ from ..models import (
     TaskCreateResponse,
 )
 from ..peers import Peer, PeerRegistry
-from ..pieces import Range, parse_range, piece_range
+from ..pieces import parse_range, piece_count, piece_range
 from ..progress import PieceStatus, ProgressState
 from ..scheduler import Assignment, schedule
 from ..tasks import Client, ClientStatus, Task, TaskSpec
@@ -76,6 +79,7 @@ class TaskManager:
         # The outcome of the last failed source attempt per task: registrants that were already waiting
         # for it share it instead of each trying the origin again in turn.
         self._last_failure: dict[str, tuple[float, DfError]] = {}
+        self._tls_checked: set[TlsOptions] = set()
 
     # ------------------------------------------------------------------ registration
 
@@ -87,6 +91,7 @@ class TaskManager:
             raise invalid("cID: ")
         if not req.path:
             raise invalid("path: ")
+        self._check_client(req.cid, req.path)
         headers = convert_headers(req.headers)
         spec = self._spec(raw_url=req.raw_url, task_url=effective_task_url(req.task_url, req.raw_url), md5=req.md5,
                           identifier=req.identifier, headers=headers, call_system=req.call_system,
@@ -109,6 +114,7 @@ class TaskManager:
     async def create(self, req: TaskCreateRequest) -> TaskCreateResponse:
         """REST ``POST /tasks``: the peer must exist already (``POST /peers``)."""
         peer = self.peers.get(req.peer_id)
+        self._check_client(req.cid, req.path or f"/peer/file/{req.cid}")
         task_url = effective_task_url(req.task_url, filter_url_param(req.raw_url, req.filter or ()))
         spec = self._spec(raw_url=req.raw_url, task_url=task_url, md5=req.md5, identifier=req.identifier,
                           headers=dict(req.headers or {}), call_system=req.call_system, dfdaemon=req.dfdaemon,
@@ -123,12 +129,49 @@ class TaskManager:
 
     def _spec(self, *, raw_url: str, task_url: str, md5: str, identifier: str, headers: dict[str, str],
               call_system: str, dfdaemon: bool, tls: TlsOptions) -> TaskSpec:
-        parts = urlsplit(raw_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise invalid(f"raw url: {raw_url}")
+        """Validate what a registrant asks the supernode to fetch, before anything is recorded or fetched.
+
+        Malformed input is ``INVALID_VALUE`` (HTTP 400) here rather than a 607 from a failed fetch later,
+        and a host outside ``source_allow`` is ``SOURCE_NOT_ALLOWED`` (HTTP 403): the supernode must not
+        become a way into internal services.
+        """
+        problem = source_url_problem(raw_url)
+        if problem:
+            raise invalid(f"raw url: {raw_url!r}: {problem}")
+        for name, value in headers.items():
+            problem = header_problem(name, value)
+            if problem:
+                raise invalid(problem)
+        self._check_tls(tls)
+        self.cdn.source.allow.check(raw_url)
         return TaskSpec(task_id=task_id(task_url, md5=md5, identifier=identifier, headers=headers),
                         raw_url=raw_url, task_url=task_url, md5=md5, identifier=identifier, headers=headers,
                         call_system=call_system, dfdaemon=dfdaemon, tls=tls)
+
+    @staticmethod
+    def _check_client(cid: str, path: str) -> None:
+        """Refuse a client that could mislead the peers it is handed to.
+
+        Other clients fetch its pieces from ``http://{ip}:{port}{path}``: a path that does not start with
+        ``/`` (``@host/x``) would send them to another host. A CID in the supernode's own ``cdnnode:`` form
+        would make its pieces count as the CDN's, so a peer serving bad bytes would never be blacklisted.
+        """
+        if not path.startswith("/") or not path.isprintable() or any(c.isspace() for c in path):
+            raise invalid(f"path: {path!r} must be an absolute URL path without spaces")
+        if cid.startswith(SUPER_CID_PREFIX) or not cid.isprintable():
+            raise invalid(f"cID: {cid!r} is not a client ID")
+
+    def _check_tls(self, tls: TlsOptions) -> None:
+        """A CA that cannot be loaded is the registrant's mistake (400), not an unreachable source (607)."""
+        if not tls.root_cas or tls in self._tls_checked:
+            return
+        try:
+            tls.ssl_context()
+        except (ssl.SSLError, ValueError) as exc:
+            raise invalid(f"rootCAs: not base64-encoded PEM or DER certificates: {exc}") from None
+        if len(self._tls_checked) >= 64:
+            self._tls_checked.clear()
+        self._tls_checked.add(tls)
 
     async def admit(self, spec: TaskSpec) -> Task:
         """The live task for ``spec``: joined if it runs or succeeded, else (re)fetched, once at a time."""
@@ -248,22 +291,37 @@ class TaskManager:
             if client.status == ClientStatus.WAITING:
                 self._set_client_status(client, ClientStatus.RUNNING)
         else:
-            piece = self._range(piece_range_text)
+            piece_num = self._piece_num(task, piece_range_text)
             piece_status = _RESULT_STATUS.get(result)
             if piece_status is None:
                 raise invalid(f"pieceResult: {result}")
-            self._update(task, client, self._dst_pid(task, dst_cid), piece, piece_status)
+            self._update(task, client, self._dst_pid(task, dst_cid), piece_num, piece_status)
         return self._next(task, client)
 
-    def _range(self, text: str) -> Range:
+    @staticmethod
+    def _piece_num(task: Task, text: str) -> int:
+        """The piece a reported range names; only ranges the supernode hands out are accepted.
+
+        A range must be exactly one piece of this task (``n*pieceSize``-``(n+1)*pieceSize-1``) that can
+        exist: below the piece count when the length is known, else below what the CDN has sealed. A
+        client could otherwise report (and make the scheduler record, and later hand out) any number of
+        pieces that do not exist.
+        """
         try:
-            return parse_range(text)
+            piece = parse_range(text)
         except ValueError:
             raise invalid(f"pieceRange: {text}") from None
+        size = task.piece_size
+        if piece.length != size or piece.start % size:
+            raise invalid(f"pieceRange: {text} is not a piece of task {task.id} (piece size {size})")
+        known = piece_count(task.http_file_length, size) if task.http_file_length >= 0 else 0
+        limit = max(known, len(task.piece_md5s))
+        if piece.piece_num >= limit:
+            raise invalid(f"pieceRange: {text}: task {task.id} has no piece {piece.piece_num}")
+        return piece.piece_num
 
-    def _update(self, task: Task, client: Client, dst_pid: str | None, piece: Range, status: PieceStatus) -> None:
+    def _update(self, task: Task, client: Client, dst_pid: str | None, num: int, status: PieceStatus) -> None:
         """Record one piece outcome for ``client``; counts served bytes the first time a piece succeeds."""
-        num = piece.piece_num
         client.assigned.pop(num, None)
         first_success = (status in (PieceStatus.SUCCESS, PieceStatus.SEMISUC)
                          and num not in self.progress.client_done(task.id, client.cid))
@@ -347,7 +405,7 @@ class TaskManager:
         if dst_pid is None:
             raise not_found(f"failed to get key {dst_cid}@{task_id_}")
         client = self.client(task_id_, cid)
-        self._update(task, client, dst_pid, self._range(piece_range_text), PieceStatus.SUCCESS)
+        self._update(task, client, dst_pid, self._piece_num(task, piece_range_text), PieceStatus.SUCCESS)
 
     def service_down(self, task_id_: str, cid: str) -> None:
         client = self.client(task_id_, cid)
@@ -373,7 +431,7 @@ class TaskManager:
             piece_status = _RESULT_STATUS.get(result)
             if piece_status is None:
                 raise invalid(f"pieceResult {result} with dfgetTaskStatus RUNNING")
-            self._update(task, client, dst_pid or None, self._range(piece_range_text), piece_status)
+            self._update(task, client, dst_pid or None, self._piece_num(task, piece_range_text), piece_status)
         if status == DfgetTaskStatus.FINISHED:
             self._set_client_status(client, ClientStatus.SUCCESS if result == PieceResult.SUCCESS
                                     else ClientStatus.FAILED)
@@ -406,7 +464,7 @@ class TaskManager:
         piece_status = _RESULT_STATUS.get(result)
         if piece_status is None:
             raise invalid(f"pieceStatus {result} cannot be recorded")
-        self._update(task, client, dst_pid, self._range(piece_range_text), piece_status)
+        self._update(task, client, dst_pid, self._piece_num(task, piece_range_text), piece_status)
 
     def finish(self, task_id_: str, peer_id: str) -> None:
         """REST ``PUT /tasks/{id}``: the peer has the whole task."""
