@@ -5,7 +5,7 @@
 
 Writes ``swarm.json`` (the N sweep with and without P2P, F=64, S=20, D=U=10), ``swarm-targets.json``
 (N=8 and 16, plus a one-piece file and F=512 unless ``--quick``), ``scheduler_bench.json``,
-``api_sim.json``, ``cdn_memory.json`` and ``swarm.png``. The swarm needs a quiet machine: see
+``api_sim.json``, ``cdn_memory.json``, ``dfget_memory.json`` and ``swarm.png``. The swarm needs a quiet machine: see
 ``bench/swarm.py``.
 """
 
@@ -41,6 +41,8 @@ def main() -> None:
     _run(str(BENCH / "api_sim.py"), "--peers", "50,200", "--seconds", "6", "--out", str(RESULTS / "api_sim.json"))
     _run(str(BENCH / "cdn_memory.py"), "--size", "256M" if args.quick else "1G",
          "--out", str(RESULTS / "cdn_memory.json"))
+    _run(str(BENCH / "dfget_memory.py"), "--size", "256M" if args.quick else "1G",
+         "--out", str(RESULTS / "dfget_memory.json"))
     _run(str(BENCH / "swarm.py"), "--n", sweep, "--both", *extra, "--out", str(RESULTS / "swarm.json"))
     _run(str(BENCH / "swarm.py"), "--n", "8,16", *extra, "--out", str(RESULTS / "swarm-targets.json"))
     if not args.quick:
