@@ -305,6 +305,9 @@ class ProgressState:
     def client_done(self, task_id: str, cid: str) -> frozenset[int]:
         return frozenset(self.client(task_id, cid).done)
 
+    def client_holds(self, task_id: str, cid: str, piece_num: int) -> bool:
+        return piece_num in self.client(task_id, cid).done
+
     def client_done_count(self, task_id: str, cid: str) -> int:
         return len(self.client(task_id, cid).done)
 

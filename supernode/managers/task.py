@@ -324,7 +324,7 @@ class TaskManager:
         """Record one piece outcome for ``client``; counts served bytes the first time a piece succeeds."""
         client.assigned.pop(num, None)
         first_success = (status in (PieceStatus.SUCCESS, PieceStatus.SEMISUC)
-                         and num not in self.progress.client_done(task.id, client.cid))
+                         and not self.progress.client_holds(task.id, client.cid, num))
         self.progress.update_piece(task.id, client.cid, dst_pid or "", num, status, time.monotonic())
         if first_success:
             size = self._piece_bytes(task, num)
@@ -342,8 +342,8 @@ class TaskManager:
             raise DfError(DfCode.CDN_FAIL, f"task {task.id}: {task.fail_reason}")
         if task.cdn_status == CdnStatus.WAITING:
             raise DfError(DfCode.PEER_WAIT, f"task {task.id} is waiting for the CDN")
-        done = self.progress.client_done(task.id, client.cid)
-        if task.cdn_status == CdnStatus.SUCCESS and task.piece_total and len(done) >= task.piece_total:
+        done = self.progress.client_done_count(task.id, client.cid)
+        if task.cdn_status == CdnStatus.SUCCESS and task.piece_total and done >= task.piece_total:
             self._set_client_status(client, ClientStatus.SUCCESS)
             if not client.serves:
                 self._service_down(client)
@@ -374,6 +374,8 @@ class TaskManager:
         s = self.settings
         deadline = time.monotonic() - (task.piece_size / s.client_min_rate + s.piece_timeout_margin)
         stale = [num for num, at in client.assigned.items() if at < deadline]
+        if not stale:
+            return
         running = self.progress.client_running(task.id, client.cid)
         for num in stale:
             del client.assigned[num]
