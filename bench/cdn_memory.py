@@ -76,24 +76,37 @@ def _expected_md5(size: int) -> str:
     return digest.hexdigest()
 
 
-async def run(size: int) -> dict[str, object]:
-    runner, origin_port = await _origin(size)
-    api, cdn = _free_port(), _free_port()
-    home = tempfile.mkdtemp(prefix="bench-sn-")
+async def start_supernode(home: str, api: int, cdn: int) -> asyncio.subprocess.Process:
+    """A real supernode on loopback with no CDN rate cap, returned once it answers ``/_ping``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "supernode", "--home-dir", home, "--port", str(api), "--download-port", str(cdn),
         "--advertise-ip", "127.0.0.1", "--listen-host", "127.0.0.1", "--max-bandwidth", "100G",
         stderr=asyncio.subprocess.DEVNULL)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            try:
+                async with http.get(f"http://127.0.0.1:{api}/_ping") as r:
+                    if r.status == 200:
+                        return proc
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("supernode did not answer /_ping within 10 s")
+
+
+async def stop_supernode(proc: asyncio.subprocess.Process) -> None:
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 30)
+
+
+async def run(size: int) -> dict[str, object]:
+    runner, origin_port = await _origin(size)
+    api, cdn = _free_port(), _free_port()
+    home = tempfile.mkdtemp(prefix="bench-sn-")
+    proc = await start_supernode(home, api, cdn)
     samples: list[int] = []
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"http://127.0.0.1:{api}/_ping") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
             idle_rss = _rss_kib(proc.pid, "VmRSS")
             url = f"http://127.0.0.1:{origin_port}/big.bin"
             body = {"rawUrl": url, "taskUrl": url, "cid": "127.0.0.2-1-1.000", "ip": "127.0.0.2", "hostName": "b",
@@ -137,8 +150,7 @@ async def run(size: int) -> dict[str, object]:
             "python": platform.python_version(), "cpus": os.cpu_count(),
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
+        await stop_supernode(proc)
         await runner.cleanup()
         shutil.rmtree(home, ignore_errors=True)
 

@@ -19,13 +19,11 @@ import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-from cdn_memory import _free_port, _origin, _rss_kib
+from cdn_memory import _free_port, _origin, _rss_kib, start_supernode, stop_supernode
 
 from supernode.units import parse_size
 
@@ -58,19 +56,8 @@ async def run(size: int) -> dict[str, object]:
     runner, origin_port = await _origin(size)
     api, cdn = _free_port(), _free_port()
     work = Path(tempfile.mkdtemp(prefix="bench-dfget-"))
-    supernode = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "supernode", "--home-dir", str(work / "sn"), "--port", str(api), "--download-port",
-        str(cdn), "--advertise-ip", "127.0.0.1", "--listen-host", "127.0.0.1", "--max-bandwidth", "100G",
-        stderr=asyncio.subprocess.DEVNULL)
+    supernode = await start_supernode(str(work / "sn"), api, cdn)
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"http://127.0.0.1:{api}/_ping") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
         url = f"http://127.0.0.1:{origin_port}/big.bin"
         first = await _dfget(url, work / "out1.bin", "127.0.0.2", work / "peer1", api)
         uploader_pid = _uploader_pids(work)[0]
@@ -84,8 +71,7 @@ async def run(size: int) -> dict[str, object]:
         for pid in _uploader_pids(work):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        supernode.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(supernode.wait(), 30)
+        await stop_supernode(supernode)
         await runner.cleanup()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from supernode.units import parse_duration, parse_size
 
@@ -66,6 +66,10 @@ def _check_port(value: int) -> int:
     return value
 
 
+PeerIP = Annotated[str, AfterValidator(_check_ip)]
+PeerPort = Annotated[int, AfterValidator(_check_port)]
+
+
 class DownloadConfig(BaseModel):
     """One ``dfget -u URL -o OUTPUT`` run; defaults are Go dfget 1.0.6's."""
 
@@ -83,8 +87,8 @@ class DownloadConfig(BaseModel):
     total_limit: Rate = 0
     notbs: bool = False
     pattern: Literal["p2p", "cdn", "source"] = "p2p"
-    ip: str = ""
-    port: int = 0
+    ip: PeerIP = ""
+    port: PeerPort = 0
     home: Home = DEFAULT_HOME.expanduser()
     call_system: str = ""
     timeout: Seconds = 0.0
@@ -127,16 +131,6 @@ class DownloadConfig(BaseModel):
                 raise ValueError(f"{header!r} is not 'Name: value'")
         return value
 
-    @field_validator("ip")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        return _check_ip(value)
-
-    @field_validator("port")
-    @classmethod
-    def _port(cls, value: int) -> int:
-        return _check_port(value)
-
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
@@ -151,8 +145,8 @@ class ServerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    ip: str = ""
-    port: int = 0
+    ip: PeerIP = ""
+    port: PeerPort = 0
     home: Home = DEFAULT_HOME.expanduser()
     meta: Path | None = None
     data: Path | None = None
@@ -160,16 +154,6 @@ class ServerConfig(BaseModel):
     alive_time: Seconds = 300.0
     expire_time: Seconds = 180.0
     verbose: bool = False
-
-    @field_validator("ip")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        return _check_ip(value)
-
-    @field_validator("port")
-    @classmethod
-    def _port(cls, value: int) -> int:
-        return _check_port(value)
 
     @property
     def data_dir(self) -> Path:
