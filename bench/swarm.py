@@ -89,6 +89,7 @@ class Config:
     prestart: bool = True
     supernode_args: list[str] = field(default_factory=list)
     timeout: float = 0.0
+    trace: bool = False
 
     def label(self) -> str:
         mode = "p2p" if self.p2p else "http"
@@ -173,6 +174,7 @@ async def start_supernode(children: Children, home: Path, extra: list[str]) -> t
 async def start_uploader(children: Children, cfg: Config, ip: str, home: Path) -> None:
     proc = await children.start(*cfg.dfget, "server", "--ip", ip, "--home", str(home), "--totallimit",
                                 f"{cfg.up:g}M", "--alivetime", "5m", "--expiretime", "5m",
+                                *(["--verbose"] if cfg.trace else []),
                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     line = await _first_line(proc)
     if not line.split()[-1:] or not line.split()[-1].isdigit():
@@ -287,6 +289,7 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
         else:
             peers = await _http(cfg, work, url)
         stats = await origin_stats(origin_port)
+        trace = piece_trace(work) if cfg.trace else []
         want = await asyncio.to_thread(file_md5, size)
         for peer in peers:
             out = work / "out" / f"{peer.ip}.bin"
@@ -317,11 +320,28 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
         "cdn_mean_rate_mib_s": round(cdn_bytes / MIB / t_all, 2),
         "pieces_from_peers": sn_metrics.get('dragonfly_supernode_pieces_served_total{source="peer"}', 0.0),
         "pieces_from_cdn": sn_metrics.get('dragonfly_supernode_pieces_served_total{source="cdn"}', 0.0),
-        "all_ok": all(p.ok for p in peers), "peers": [asdict(p) for p in peers],
+        "all_ok": all(p.ok for p in peers), "peers": [asdict(p) for p in peers], "piece_trace": trace,
         "python": platform.python_version(), "cpus": os.cpu_count(),
         "loadavg_1m_before_after": [round(load_before, 2), round(load_after, 2)],
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+_PIECE_LINE = re.compile(r"piece (\d+) from (\S+):\d+ (\S+): (\d+) bytes in ([0-9.]+)s")
+
+
+def piece_trace(work: Path) -> list[dict[str, Any]]:
+    """Per peer, from its dfclient.log (debug records of a traced run): pieces and mean piece time by source."""
+    rows = []
+    for log in sorted(work.glob("node-*/logs/dfclient.log")):
+        by: dict[str, list[float]] = {"cdn": [], "peer": []}
+        for match in _PIECE_LINE.finditer(log.read_text(errors="replace")):
+            if int(match.group(4)) > 1024:  # the 80-byte last piece says nothing about rates
+                by["cdn" if match.group(3).startswith("cdnnode:") else "peer"].append(float(match.group(5)))
+        rows.append({"peer": log.parents[1].name.removeprefix("node-"),
+                     **{f"{k}_pieces": len(v) for k, v in by.items()},
+                     **{f"{k}_mean_s": round(statistics.fmean(v), 3) if v else None for k, v in by.items()}})
+    return rows
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -356,6 +376,9 @@ def parser() -> argparse.ArgumentParser:
                    help="extra supernode flag, e.g. --supernode-arg=--cdn-task-limit=8 (repeatable)")
     p.add_argument("--timeout", type=float, default=0.0, help="per-run dfget timeout in s (default: from T*)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs) of each run")
+    p.add_argument("--trace", action="store_true",
+                   help="debug logs in the uploaders (which run the delegated downloads): per-peer piece times by "
+                        "source in the JSON and the table")
     p.add_argument("--out", type=Path, help="JSON output (default bench/results/swarm-<first label>.json)")
     return p
 
@@ -369,9 +392,12 @@ async def _main(args: argparse.Namespace) -> list[dict[str, Any]]:
             for _ in range(args.repeat):
                 cfg = Config(n=n, size_mib=args.size, origin_rate=args.origin_rate, down=args.down, up=args.up,
                              p2p=p2p, dfget=dfget, prestart=not args.no_prestart,
-                             supernode_args=list(args.supernode_arg), timeout=args.timeout)
+                             supernode_args=list(args.supernode_arg), timeout=args.timeout, trace=args.trace)
                 result = await run(cfg, keep=args.keep)
                 print(table([result]).splitlines()[-1], flush=True)
+                for row in result["piece_trace"]:
+                    print(f"    {row['peer']:<12} cdn {row['cdn_pieces']:>3} x {row['cdn_mean_s'] or 0:.2f}s   "
+                          f"peer {row['peer_pieces']:>3} x {row['peer_mean_s'] or 0:.2f}s")
                 results.append(result)
     return results
 

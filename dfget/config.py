@@ -17,11 +17,11 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from supernode.units import parse_duration, parse_size
 
+from .constants import DEFAULT_HOME
 from .locator import Node, parse_nodes
 from .protocol import DEFAULT_SUPERNODE_PORT, PEER_PORT_MAX, PEER_PORT_MIN
 
 MIB = 1024 * 1024
-DEFAULT_HOME = Path("~/.small-dragonfly")
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 
 

@@ -98,10 +98,12 @@ async def detect_local_ip(nodes: Sequence[Node]) -> str:
 class DfgetRun:
     """One download; :meth:`execute` returns a :class:`RunResult` or raises ``DfgetError``."""
 
-    def __init__(self, config: DownloadConfig, progress: Progress) -> None:
+    def __init__(self, config: DownloadConfig, progress: Progress, sign: str | None = None) -> None:
         self.config = config
         self.progress = progress
-        self.sign = make_sign()
+        # A run the node's daemon does for a caller is signed with the caller's pid: the sign makes the
+        # cid and the task file name, which concurrent runs in one daemon must not share.
+        self.sign = sign or make_sign()
         self.stats = _Stats()
         self._started = time.monotonic()
 

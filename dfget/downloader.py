@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -115,8 +116,11 @@ class P2PDownloader:
         self._state.queue.put_nowait(latest)
         wait = WAIT_FIRST
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives with the result, and a cancelled run must stop.
             try:
-                got = await asyncio.wait_for(self._state.queue.get(), QUEUE_POLL)
+                async with asyncio.timeout(QUEUE_POLL):
+                    got = await self._state.queue.get()
             except TimeoutError:
                 got = None
                 latest = _again(latest)
@@ -129,18 +133,26 @@ class P2PDownloader:
                 # its pull, so that one is always sent (else the supernode would wait for it forever).
                 if got.reported and (not self._state.queue.empty() or len(self._state.running) > 2):
                     continue
+            sent = time.monotonic()
             try:
                 answer = await self._pull(latest)
             except ApiError as exc:
                 latest = await self._migrate(str(exc))
                 continue
             if answer.code in _WAIT_CODES:
-                self._state.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._state.wake.wait(), wait * random.uniform(1.0, 2.0))
+                # The back-off counts from when the pull was sent: a supernode that held the 602 until
+                # something changed (ours does) has made this client wait already. News that arrived
+                # meanwhile is pulled at once.
+                pause = wait * random.uniform(1.0, 2.0) - (time.monotonic() - sent)
                 wait = min(wait * 2, WAIT_MAX)
                 if self._state.queue.empty():
-                    self._state.queue.put_nowait(_again(latest))
+                    if pause > 0:
+                        self._state.wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(pause):
+                                await self._state.wake.wait()
+                    if self._state.queue.empty():
+                        self._state.queue.put_nowait(_again(latest))
                 continue
             wait = WAIT_FIRST
             if answer.code == Code.PEER_CONTINUE:
@@ -182,8 +194,11 @@ class P2PDownloader:
     async def _piece(self, task: PieceTask) -> None:
         """Fetch one piece and leave exactly one result (or a fatal error) in the queue."""
         result: _Item | DfgetError
+        started = time.monotonic()
         try:
             outcome = await self._fetcher.fetch(task, self.registration.file_length)
+            log.debug("piece %d from %s:%d %s: %s in %.3fs", task.piece_num, task.peer_ip, task.peer_port, task.cid,
+                      f"{outcome.data_bytes} bytes" if outcome.ok else "failed", time.monotonic() - started)
             result = await (self._succeeded(task, outcome) if outcome.ok else self._failed(task, outcome))
         except DfgetError as exc:
             result = exc
@@ -194,9 +209,8 @@ class P2PDownloader:
 
     async def _succeeded(self, task: PieceTask, outcome: PieceOutcome) -> _Item:
         self._state.held[task.piece_num] = outcome.data_bytes
+        self._target.verified(task.piece_num * pieces.data_size(task.piece_size), outcome.data_bytes)
         self._progress.add(outcome.data_bytes, "supernode" if is_supernode_cid(task.cid) else "peer")
-        log.debug("piece %d (%d bytes) from %s:%d %s", task.piece_num, outcome.data_bytes, task.peer_ip,
-                  task.peer_port, task.cid)
         reported = await self._report_success(task)
         return _Item(TaskStatus.RUNNING, PieceResult.SEMISUC, task.range, task.cid, reported=reported)
 

@@ -7,21 +7,8 @@ the place that detects a failure decides both, once.
 
 from __future__ import annotations
 
-from enum import IntEnum
-
+from .constants import ExitCode as ExitCode
 from .protocol import BackSourceReason
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    FAILED = 1  # an unexpected error
-    USAGE = 2  # bad command line (argparse uses 2 as well)
-    SUPERNODE_FAILED = 3  # the P2P download failed and going to the source was not allowed
-    SOURCE_FAILED = 4  # the source download failed
-    MD5_MISMATCH = 5  # the file's MD5 differs from --md5 or from the supernode's
-    LOCAL_IO = 6  # the output or the work home cannot be written
-    TIMEOUT = 7  # --timeout (or the computed timeout) expired
-    INTERRUPTED = 130
 
 
 class DfgetError(Exception):

@@ -56,7 +56,8 @@ class FrameReader:
         self.md5.update(chunk)
         self.received += len(chunk)
 
-    def feed(self, chunk: bytes) -> bytes:
+    def feed(self, chunk: bytes) -> memoryview:
+        """The data bytes inside ``chunk``: a view of it, valid while ``chunk`` is."""
         self.skip(chunk)
         view = memoryview(chunk)
         if self.data_len < 0:
@@ -64,12 +65,12 @@ class FrameReader:
             self._head += bytes(view[:need])
             view = view[need:]
             if len(self._head) < pieces.HEAD_SIZE:
-                return b""
+                return view[:0]
             self.data_len = int.from_bytes(self._head, "big") & 0xFFFFFF
             if self.data_len > self.max_data:
                 raise FrameError(f"piece head announces {self.data_len} data bytes, at most {self.max_data} fit")
         take = min(len(view), self.data_len - self._data_seen)
-        data = bytes(view[:take])
+        data = view[:take]
         self._data_seen += take
         rest = view[take:]
         if rest:
@@ -156,9 +157,9 @@ class PieceFetcher:
                         frame_error = str(exc)
                         continue
                     if len(batch) >= WRITE_BATCH:
-                        await self._target.write(base + written, bytes(batch))
+                        await self._target.write(base + written, batch)
                         written += len(batch)
-                        batch.clear()
+                        batch = bytearray()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return PieceOutcome(False, error=f"{url}: {exc.__class__.__name__}: {exc}")
         real_md5 = reader.md5.hexdigest()
@@ -178,6 +179,6 @@ class PieceFetcher:
         if frame_error:
             return PieceOutcome(False, error=f"{url}: piece {task.piece_num}: {frame_error}")
         if batch:
-            await self._target.write(base + written, bytes(batch))
+            await self._target.write(base + written, batch)
             written += len(batch)
         return PieceOutcome(True, data_bytes=written)

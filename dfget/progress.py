@@ -3,7 +3,8 @@
 The bar is drawn only when stderr is a terminal (scripts and logs get no control characters), at
 most five times a second, and shows where the bytes came from: peers, the supernode's CDN or the
 source. Notices (a migration, the reason for going back to the source) clear the bar first so that
-they stay readable.
+they stay readable. A run the node's daemon does for a caller draws into the caller's terminal: it
+says whether that is a terminal and how wide, and the text travels back as events.
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Literal, TextIO
+from typing import Literal, Protocol, TextIO
 
 Source = Literal["peer", "supernode", "source"]
 
 REDRAW_INTERVAL = 0.2
+
+
+class TextSink(Protocol):
+    """Where a run's text goes: this process's stderr or stdout, or the stream back to a caller."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> None: ...
 
 
 def human_bytes(size: float) -> str:
@@ -37,8 +46,9 @@ def human_duration(seconds: float) -> str:
 class Progress:
     """Byte counters of one dfget run, by source, and their rendering."""
 
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    stream: TextSink = field(default_factory=lambda: sys.stderr)
     enabled: bool = False
+    columns: int | None = None  # the terminal's width; None: ask this process's terminal at each redraw
     total: int = -1
     counts: dict[Source, int] = field(default_factory=lambda: {"peer": 0, "supernode": 0, "source": 0})
     started: float = field(default_factory=time.monotonic)
@@ -91,7 +101,7 @@ class Progress:
         elapsed = max(now - self.started, 1e-6)
         shown = self.done + max(self.in_flight, 0)
         rate = shown / elapsed
-        width = shutil.get_terminal_size((100, 20)).columns
+        width = self.columns or shutil.get_terminal_size((100, 20)).columns
         parts = [f"{human_bytes(shown)}" + (f"/{human_bytes(self.total)}" if self.total >= 0 else ""),
                  f"{human_bytes(rate)}/s"]
         if self.total > 0 and rate > 0:

@@ -16,9 +16,8 @@ from urllib.parse import quote
 
 from supernode.ids import SUPER_CID_PREFIX
 
-#: The dfget version we announce: the uploader's ``/check`` answer must match it for a Go 1.0.6 dfget
-#: on the same node to reuse our uploader, and supernodes log it per peer.
-PROTOCOL_VERSION = "1.0.6"
+from .constants import PROTOCOL_VERSION as PROTOCOL_VERSION
+
 USER_AGENT = f"dfget/{PROTOCOL_VERSION}"
 
 DEFAULT_SUPERNODE_PORT = 8002

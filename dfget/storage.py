@@ -6,6 +6,11 @@ unfinished download to other peers. Only a whole-file MD5 match publishes the fi
 rename over the output: a reader of the output never sees a partial or unverified file. When the
 data directory is on another file system (no hard link), pieces go to the service file and the
 verified content is copied beside the output before the rename.
+
+The whole-file MD5 is computed while the download runs: each verified piece extends the in-order
+prefix that a background task hashes (reading the bytes back from the page cache) and flushes to
+disk. A rate-limited download leaves the CPU idle between chunks, so the check that used to read the
+whole file after its last piece now mostly happened already, and the final ``fsync`` has little left.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from .errors import LocalIOError, Md5Mismatch
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+SYNC_EVERY = 8 * CHUNK  # the background hasher flushes the hashed prefix to disk this often
 
 
 def io_error(what: str, exc: OSError) -> LocalIOError:
     return LocalIOError(f"{what}: {exc.strerror or exc}", no_space=exc.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
-def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+def write_all(fd: int, data: bytes | bytearray, offset: int | None = None) -> None:
     """``os.pwrite`` (or ``os.write`` without an offset) until every byte is written."""
     view = memoryview(data)
     while view:
@@ -62,6 +68,7 @@ class PieceFile:
         self.temp = temp_path(output, sign, "dfget")
         self.service = service
         self._separate = False
+        self._start_digest()
         prepare_output(output)
         try:
             self._fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -83,32 +90,86 @@ class PieceFile:
             except OSError as exc:
                 raise io_error(f"cannot create {service}", exc) from exc
 
-    async def write(self, offset: int, data: bytes) -> None:
+    def _start_digest(self) -> None:
+        self._digest = hashlib.md5()
+        self._digested = 0  # the prefix [0, _digested) is in _digest
+        self._unsynced = 0
+        self._pending: dict[int, int] = {}  # verified ranges beyond the prefix: start -> end
+        self._hasher: asyncio.Task[None] | None = None
+        self._hash_failed = False
+
+    def verified(self, offset: int, length: int) -> None:
+        """``length`` bytes at ``offset`` passed their piece's checks and will not be written again.
+
+        The caller guarantees that no write to this range follows (a held piece is never fetched
+        again; :meth:`reset` forgets every range), which is what makes hashing it early correct.
+        """
+        if length <= 0:
+            return
+        self._pending[offset] = offset + length
+        if self._hasher is None and not self._hash_failed:
+            self._hasher = asyncio.create_task(self._extend_digest())
+
+    async def _extend_digest(self) -> None:
+        digest = self._digest
+        try:
+            while True:
+                end = self._digested
+                while end in self._pending:
+                    end = self._pending.pop(end)
+                if end == self._digested:
+                    return
+                sync = self._unsynced + end - self._digested >= SYNC_EVERY
+                await asyncio.to_thread(self._hash_range, digest, self._digested, end, sync)
+                if digest is not self._digest:
+                    return  # reset() started over while the thread ran
+                self._unsynced = 0 if sync else self._unsynced + end - self._digested
+                self._digested = end
+        except OSError as exc:
+            log.warning("hashing %s while downloading failed (%s): it is hashed whole at the end", self.temp, exc)
+            self._hash_failed = True
+        finally:
+            if digest is self._digest:
+                self._hasher = None
+
+    def _hash_range(self, digest: hashlib._Hash, start: int, end: int, sync: bool) -> None:
+        offset = start
+        while offset < end:
+            block = os.pread(self._fd, min(CHUNK, end - offset), offset)
+            if not block:
+                raise OSError(errno.EIO, f"{self.temp} ends at {offset}, before {end}")
+            digest.update(block)
+            offset += len(block)
+        if sync:
+            os.fdatasync(self._fd)
+
+    async def _file_md5(self, length: int) -> str:
+        """The MD5 of the first ``length`` bytes: the running digest when it covers exactly them."""
+        if self._hasher is not None:
+            await asyncio.shield(self._hasher)
+        digest, start = self._digest.copy(), self._digested
+        if self._hash_failed or start > length:
+            digest, start = hashlib.md5(), 0
+        await asyncio.to_thread(self._hash_range, digest, start, length, False)
+        return digest.hexdigest()
+
+    async def write(self, offset: int, data: bytes | bytearray) -> None:
         try:
             await asyncio.to_thread(self._write_all, offset, data)
         except OSError as exc:
             raise io_error(f"cannot write {self.output.name} at offset {offset}", exc) from exc
 
-    def _write_all(self, offset: int, data: bytes) -> None:
+    def _write_all(self, offset: int, data: bytes | bytearray) -> None:
         write_all(self._fd, data, offset)
 
     async def reset(self) -> None:
         """Forget every byte (the piece size changed after a migration, so every offset moved)."""
+        self._stop_digest()
+        self._start_digest()
         try:
             await asyncio.to_thread(os.ftruncate, self._fd, 0)
         except OSError as exc:
             raise io_error(f"cannot truncate {self.temp}", exc) from exc
-
-    def _md5(self, length: int) -> str:
-        digest = hashlib.md5()
-        offset = 0
-        while offset < length:
-            block = os.pread(self._fd, min(CHUNK, length - offset), offset)
-            if not block:
-                break
-            digest.update(block)
-            offset += len(block)
-        return digest.hexdigest()
 
     def _copy_to_temp(self, length: int) -> None:
         with open(self.temp, "xb") as out:
@@ -129,7 +190,7 @@ class PieceFile:
         """
         try:
             await asyncio.to_thread(os.ftruncate, self._fd, length)
-            real = await asyncio.to_thread(self._md5, length)
+            real = await self._file_md5(length)
         except OSError as exc:
             raise io_error(f"cannot read back {self.temp}", exc) from exc
         if expected_md5 and real != expected_md5:
@@ -144,7 +205,14 @@ class PieceFile:
             raise io_error(f"cannot move the download to {self.output}", exc) from exc
         return real
 
+    def _stop_digest(self) -> None:
+        if self._hasher is not None:
+            self._hasher.cancel()
+            self._hasher = None
+        self._digest = hashlib.md5()  # a thread still hashing holds the old object: its result is dropped
+
     def close(self) -> None:
+        self._stop_digest()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -7,9 +7,9 @@ when it stops serving them. Pieces are rebuilt from the raw ``{name}.service`` f
 framing and streamed in chunks, paced by one bucket shared by every upload (``--totallimit``).
 
 It serves only regular files directly inside its data directory whose task names it was told about,
-exits after ``--alivetime`` without traffic (while no local download is running), tells the supernode
-``/peer/service/down`` for every finished task when it exits, and deletes files that expired
-(``--expiretime``) or that it does not know.
+is idle after ``--alivetime`` without traffic (while no local download is running), tells the
+supernode ``/peer/service/down`` for every finished task when it stops, and deletes files that
+expired (``--expiretime``) or that it does not know. The process around it is :mod:`dfget.daemon`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ import math
 import os
 import re
 import shutil
-import signal
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -38,7 +35,7 @@ from supernode import pieces
 
 from .config import ServerConfig
 from .locator import parse_node
-from .protocol import PEER_PORT_MAX, PEER_PORT_MIN, PROTOCOL_VERSION, UPLOADER_PORT_LINE
+from .protocol import PEER_PORT_MAX, PEER_PORT_MIN, PROTOCOL_VERSION
 from .ratelimit import TokenBucket
 from .supernode_api import ApiError, SupernodeApi
 
@@ -46,9 +43,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 SERVICE_SUFFIX = ".service"
-GC_INTERVAL = 15.0
 PORT_ATTEMPTS = 10
-SHUTDOWN_TIMEOUT = 5.0
 _GO_INT = re.compile(r"-?[0-9]+")
 
 
@@ -131,6 +126,7 @@ class Uploader:
         self.bucket = TokenBucket(config.total_limit)
         self.last_activity = time.monotonic()
         self.port = 0
+        self._delegated_runs = 0  # downloads the daemon is running for dfget processes (dfget.control)
         self._api = api
 
     # ------------------------------------------------------------------ the app
@@ -269,8 +265,16 @@ class Uploader:
         return False
 
     def idle(self) -> bool:
-        return (time.monotonic() - self.last_activity >= self.config.alive_time
+        return (time.monotonic() - self.last_activity >= self.config.alive_time and not self._delegated_runs
                 and not self.local_download_running(time.time()))
+
+    def delegated_run_started(self) -> None:
+        self._delegated_runs += 1
+
+    def delegated_run_ended(self) -> None:
+        """The idle time counts from the end of the last run, which may not have used the uploader at all."""
+        self._delegated_runs -= 1
+        self.last_activity = time.monotonic()
 
     async def service_down(self, name: str, task: UploadTask) -> None:
         if self._api is None or not task.finished or not task.super_node:
@@ -345,76 +349,3 @@ def read_meta(path: Path) -> tuple[int, int]:
         return 0, 0
     port, pid = meta.get("servicePort"), meta.get("pid")
     return (port if isinstance(port, int) else 0), (pid if isinstance(pid, int) else 0)
-
-
-async def _bind(runner: web.AppRunner, ip: str, ports: list[int]) -> int:
-    last: OSError | None = None
-    for port in ports:
-        site = web.TCPSite(runner, ip or "0.0.0.0", port, shutdown_timeout=1.0)
-        try:
-            await site.start()
-        except OSError as exc:
-            last = exc
-            log.info("port %d: %s", port, exc)
-            continue
-        return port
-    raise OSError(f"no free port among {ports[0]}..{ports[-1]}: {last}")
-
-
-async def serve(config: ServerConfig) -> int:
-    """Run the uploader until it is idle for ``alive_time`` or gets SIGTERM/SIGINT/SIGHUP; exit code."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
-    async with aiohttp.ClientSession() as session:
-        uploader = Uploader(config, SupernodeApi(session))
-        runner = web.AppRunner(uploader.build_app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            try:
-                uploader.port = await _bind(runner, config.ip, [config.port] if config.port else
-                                            generated_ports(time.time()))
-            except OSError as exc:
-                print(f"dfget server: cannot listen on {config.ip or '*'}: {exc}", file=sys.stderr, flush=True)
-                return 1
-            write_meta(config.meta_path, uploader.port)
-            log.info("uploader on %s:%d, data %s, alive %gs, expire %gs, total limit %d B/s", config.ip or "*",
-                     uploader.port, uploader.data_dir, config.alive_time, config.expire_time, config.total_limit)
-            print(f"{UPLOADER_PORT_LINE} {uploader.port}", flush=True)
-            _detach_output()
-            await _run_until_idle(uploader, stop)
-        finally:
-            await runner.cleanup()
-            await uploader.shut_down()
-            if read_meta(config.meta_path)[0] == uploader.port:
-                write_meta(config.meta_path, 0)
-            log.info("uploader stopped")
-    return 0
-
-
-def _detach_output() -> None:
-    """The parent dfget stops reading our stdout and stderr once it has the port: from now on the log
-    file is the only output, and a stray write must not hit a closed pipe."""
-    with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.dup2(devnull, sys.stderr.fileno())
-        os.close(devnull)
-
-
-async def _run_until_idle(uploader: Uploader, stop: asyncio.Event) -> None:
-    config = uploader.config
-    tick = max(0.05, min(1.0, config.alive_time / 4))
-    gc_every = max(0.5, min(GC_INTERVAL, config.expire_time / 2))
-    next_gc = time.monotonic() + gc_every
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), tick)
-        if uploader.idle():
-            log.info("no traffic for %gs: stopping", config.alive_time)
-            return
-        if time.monotonic() >= next_gc:
-            next_gc = time.monotonic() + gc_every
-            await uploader.collect_garbage()

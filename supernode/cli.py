@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--down-limit", dest="down_limit", help="concurrent downloads per client (default 4)")
     p.add_argument("--cdn-task-limit", dest="cdn_task_limit",
                    help="concurrent CDN pieces served per task (default 16)")
+    p.add_argument("--pull-hold", dest="pull_hold",
+                   help="hold a pull that would answer 602 (wait) until a piece can be handed out, at most this "
+                        "long, e.g. 500ms (default 1s; 0: answer at once, as Go)")
     p.add_argument("--max-bandwidth", dest="max_bandwidth", help="total bandwidth, e.g. 200M (default 200M)")
     p.add_argument("--system-bandwidth", dest="system_bandwidth",
                    help="bandwidth kept for the system, e.g. 20M (default 20M)")

@@ -23,6 +23,7 @@ from .api.wire import NODE
 from .cdn.server import build_download_app
 from .cdn.source import SourceClient
 from .cdn.store import CacheStore
+from .changes import TaskChanges
 from .config import Settings
 from .managers.cdn import CdnManager
 from .managers.gc import GarbageCollector
@@ -53,13 +54,14 @@ class Supernode:
         # Raises TokenError for an unreadable or empty token file: better not to start than to run open.
         self.api_token = ApiToken(token=settings.api_token.get_secret_value() if settings.api_token else None,
                                   path=settings.api_token_file)
+        self.changes = TaskChanges()
         self.cdn = CdnManager(store=self.store, source=self.source, progress=self.progress, metrics=self.metrics,
-                              rate=settings.cdn_rate)
+                              rate=settings.cdn_rate, changes=self.changes)
         self.super_peer = self.peers.register(ip=settings.advertise_ip, host_name=socket.gethostname(),
                                               port=settings.download_port, version=__version__)
         self.progress.add_peer(self.super_peer.id, serves=False)
         self.tasks = TaskManager(settings=settings, peers=self.peers, progress=self.progress, cdn=self.cdn,
-                                 metrics=self.metrics, super_peer=self.super_peer)
+                                 metrics=self.metrics, super_peer=self.super_peer, changes=self.changes)
         self.repair = PieceRepair(self.tasks)
         self.gc = GarbageCollector(settings=settings, tasks=self.tasks, store=self.store, metrics=self.metrics)
         self.preheats = PreheatManager(settings=settings, tasks=self.tasks, metrics=self.metrics)

@@ -103,11 +103,16 @@ class Run(NamedTuple):
     """A running piece and the load it is counted on.
 
     ``epoch`` is the super-load epoch for CDN pieces, 0 for peer pieces, and ``_ORPHAN`` once the
-    source peer is removed.
+    source peer is removed. ``started`` is when the scheduler handed it out.
     """
 
     dst: str
     epoch: int
+    started: float = 0.0
+
+
+CAPACITY_WEIGHT = 0.25
+"""Weight of a new sample in a source's capacity estimate (an exponential moving average)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -126,6 +131,8 @@ class PeerProgress:
     held: dict[str, set[int]] = field(default_factory=dict)
     """task ID -> pieces this peer holds, whether or not it is currently a source."""
     clients: dict[tuple[str, str], None] = field(default_factory=dict)
+    capacity: float = 0.0
+    """Estimated upload capacity in bytes/s (0: not measured yet); see ``ProgressState.update_piece``."""
 
     @property
     def load(self) -> int:
@@ -166,6 +173,8 @@ class ProgressState:
         self.limits = limits
         self._peers: dict[str, PeerProgress] = {}
         self._tasks: dict[str, TaskProgress] = {}
+        self.peer_capacity = 0.0
+        """The same estimate over every peer's samples: the guess for a peer not measured yet."""
 
     # -- lookups (the scheduler reads these records; only this class mutates them) --
 
@@ -327,16 +336,17 @@ class ProgressState:
             self._expire_super_load(task, now)
             task.super_load += 1
             task.super_mtime = now
-            client.running[piece_num] = Run(dst_pid, task.super_epoch)
+            client.running[piece_num] = Run(dst_pid, task.super_epoch, now)
             return
         dst = self.peer(dst_pid)
-        client.running[piece_num] = Run(dst_pid, 0)
+        client.running[piece_num] = Run(dst_pid, 0, now)
         old = dst.load
         dst.uploads.add((task_id, cid, piece_num))
         self._load_changed(dst, old)
 
     def update_piece(
-        self, task_id: str, cid: str, dst_pid: str, piece_num: int, status: PieceStatus, now: float
+        self, task_id: str, cid: str, dst_pid: str, piece_num: int, status: PieceStatus, now: float, *,
+        size: int = 0,
     ) -> None:
         """Apply a client's report about one piece (§4.3).
 
@@ -344,6 +354,11 @@ class ProgressState:
         (``/peer/piece/suc`` and the next pull) counts once. ``dst_pid`` may be a peer that is gone:
         the report still counts for the client. RUNNING is not a report: only the scheduler starts
         pieces.
+
+        A success of ``size`` bytes from the source it was handed out from is a throughput sample:
+        the piece's rate times the source's concurrent uploads at that moment estimates what the
+        source delivers in total. The client's own download limit caps each sample, so estimates are
+        lower bounds; they are compared, never used as promises.
         """
         if status == PieceStatus.RUNNING:
             raise invalid(f"taskID: {task_id}, clientID: {cid}: RUNNING is not a piece report")
@@ -353,6 +368,8 @@ class ProgressState:
             return
         run = client.running.pop(piece_num, None)
         if run is not None:
+            if size > 0 and status in _HELD and run.dst == dst_pid and run.epoch != _ORPHAN:
+                self._sample(task, run, size, now)
             self._release(task, cid, piece_num, run, now)
         peer = self._peers[client.pid]
         held = status in _HELD
@@ -376,7 +393,25 @@ class ProgressState:
             dst.service_errors += 1
             self._refresh_source(dst)
 
+    def capacity(self, pid: str) -> float:
+        """The source's estimated upload capacity in bytes/s; 0 when it was never measured."""
+        peer = self._peers.get(pid)
+        return peer.capacity if peer is not None else 0.0
+
     # -- internals --
+
+    def _sample(self, task: TaskProgress, run: Run, size: int, now: float) -> None:
+        seconds = now - run.started
+        source = self._peers.get(run.dst)
+        if seconds <= 0 or source is None:
+            return
+        concurrent = task.super_load if run.dst == task.super_pid else source.load
+        sample = size / seconds * max(concurrent, 1)
+        source.capacity = sample if not source.capacity else \
+            source.capacity + CAPACITY_WEIGHT * (sample - source.capacity)
+        if run.dst != task.super_pid:
+            self.peer_capacity = sample if not self.peer_capacity else \
+                self.peer_capacity + CAPACITY_WEIGHT * (sample - self.peer_capacity)
 
     def _hold(self, peer: PeerProgress, task: TaskProgress, piece_num: int) -> None:
         held = peer.held.get(task.task_id)

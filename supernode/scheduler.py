@@ -11,7 +11,9 @@ too many failures downloads only from the CDN; blacklisted, eliminated and servi
 skipped; the CDN is the fallback when no peer qualifies.
 
 Better than Go: among the eligible holders of a piece the least loaded one is chosen (ties at
-random) instead of the first in map order, which spreads uploads over the swarm.
+random) instead of the first in map order, which spreads uploads over the swarm; and that holder is
+weighed against the CDN by measured throughput and current load (see :func:`_cdn_is_faster`), so a
+client is not handed a crawling upload from a busy peer while the CDN would serve it faster.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def schedule(
         if picker.budget <= 0:
             break
         dst = picker.pick(task.holders[num]) if not isolated and num in free_counts else None
+        if dst is not None and cdn_slots > 0 and _cdn_is_faster(state, task, dst, limits.cdn_task_limit - cdn_slots):
+            dst = None
         if dst is None:
             if cdn_slots <= 0:
                 if isolated:
@@ -96,6 +100,20 @@ def schedule(
     if not assignments:
         raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: no free source")
     return assignments
+
+
+def _cdn_is_faster(state: ProgressState, task: TaskProgress, dst: str, cdn_load: int) -> bool:
+    """Whether one more piece from the CDN is expected to arrive faster than from peer ``dst``.
+
+    Expected rate = measured capacity / (current load + 1), for both. A peer never measured counts
+    with the swarm's typical peer capacity; while there is none, or the CDN was never measured, the
+    peer gets the piece as in Go (that is also how sources get measured at all).
+    """
+    cdn = state.capacity(task.super_pid)
+    peer = state.capacity(dst) or state.peer_capacity
+    if not cdn or not peer:
+        return False
+    return cdn / (cdn_load + 1) > peer / (task.free_load[dst] + 1)
 
 
 def sort_pieces(

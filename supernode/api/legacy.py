@@ -77,7 +77,7 @@ async def pull_piece_task(request: web.Request) -> web.Response:
     q = raw_query(request)
     status_text, result_text = q.get("status", ""), q.get("result", "")
     try:
-        answer = node.tasks.pull(
+        answer = await node.tasks.pull_held(
             q.get("taskId", ""), q.get("srcCid", ""), status=_STATUS.get(status_text),
             result=_RESULT.get(result_text), piece_range_text=q.get("range", ""), dst_cid=q.get("dstCid", ""))
     except DfError as exc:

@@ -39,6 +39,7 @@ import aiohttp
 
 from ..cdn.source import SourceClient
 from ..cdn.store import CacheMeta, CacheStore
+from ..changes import TaskChanges
 from ..errors import DfCode, DfError, SourceNotFound
 from ..metrics import Metrics
 from ..models import CdnStatus
@@ -143,8 +144,9 @@ async def _finish_in_thread(fn: Callable[..., _T], *args: object,
 
 class CdnManager:
     def __init__(self, *, store: CacheStore, source: SourceClient, progress: ProgressState, metrics: Metrics,
-                 rate: int) -> None:
+                 rate: int, changes: TaskChanges) -> None:
         self.store = store
+        self.changes = changes
         self.source = source
         self.progress = progress
         self.metrics = metrics
@@ -304,6 +306,7 @@ class CdnManager:
         task.cdn_status = CdnStatus.SUCCESS
         for n in range(len(md5s)):
             self.progress.cdn_piece_done(task.id, n)
+        self.changes.notify(task.id)
         now = _now_ms()
         meta.interval = now - meta.access_time if meta.access_time else 0
         meta.access_time = now
@@ -383,6 +386,7 @@ class CdnManager:
         task.fail_reason = ""
         for n in range(len(task.piece_md5s)):
             self.progress.cdn_piece_done(task.id, n)
+        self.changes.notify(task.id)
         now = _now_ms()
         fresh_meta = CacheMeta(
             task_id=task.id, url=task.spec.task_url, piece_size=piece_size, http_file_len=length,
@@ -493,6 +497,7 @@ class CdnManager:
         task.file_length = file_length
         task.real_md5 = real_md5
         task.cdn_status = CdnStatus.SUCCESS
+        self.changes.notify(task.id)  # clients holding every piece can finish now
 
     async def _write_piece(self, task: Task, fd: int, piece_num: int, frame: bytearray, data_len: int,
                            raw_md5: hashlib._Hash) -> None:
@@ -500,6 +505,7 @@ class CdnManager:
                                            raw_md5)
         task.piece_md5s.append(md5_text)
         self.progress.cdn_piece_done(task.id, piece_num)
+        self.changes.notify(task.id)
 
     @staticmethod
     def _seal_piece(fd: int, piece_num: int, frame: bytearray, data_len: int, piece_size: int,
@@ -532,6 +538,7 @@ class CdnManager:
         task.fail_reason = reason
         task.cdn_status = CdnStatus.FAILED
         self.progress.cdn_piece_failed(task.id, len(task.piece_md5s))
+        self.changes.notify(task.id)
         self.metrics.cdn_download_failed_total.inc()
         self.metrics.task_failed(kind)
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ..cdn.source import TlsOptions
+from ..changes import TaskChanges
 from ..config import Settings
 from ..errors import DfCode, DfError, SourceNotFound, invalid, not_found
 from ..ids import (
@@ -64,8 +65,9 @@ class Finished:
 
 class TaskManager:
     def __init__(self, *, settings: Settings, peers: PeerRegistry, progress: ProgressState, cdn: CdnManager,
-                 metrics: Metrics, super_peer: Peer) -> None:
+                 metrics: Metrics, super_peer: Peer, changes: TaskChanges) -> None:
         self.settings = settings
+        self.changes = changes
         self.peers = peers
         self.progress = progress
         self.cdn = cdn
@@ -298,6 +300,35 @@ class TaskManager:
             self._update(task, client, self._dst_pid(task, dst_cid), piece_num, piece_status)
         return self._next(task, client)
 
+    async def pull_held(self, task_id_: str, cid: str, *, status: DfgetTaskStatus | None,
+                        result: PieceResult | None, piece_range_text: str,
+                        dst_cid: str) -> list[PieceTaskItem] | Finished | None:
+        """:meth:`pull`, but a 602 is held back for up to ``pull_hold`` seconds while nothing changes.
+
+        Each change of the task (see :mod:`supernode.changes`) schedules again, so a waiting client
+        gets its pieces the moment they can be handed out instead of after its back-off. The report
+        the pull carries is recorded once, before any waiting. dfget gives the request 5 s.
+        """
+        try:
+            return self.pull(task_id_, cid, status=status, result=result, piece_range_text=piece_range_text,
+                             dst_cid=dst_cid)
+        except DfError as exc:
+            if exc.code != DfCode.PEER_WAIT or self.settings.pull_hold <= 0:
+                raise
+            waiting = exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.pull_hold
+        while (remaining := deadline - loop.time()) > 0:
+            if not await self.changes.wait(task_id_, remaining):
+                break
+            try:
+                return self._next(self.get(task_id_), self.client(task_id_, cid))
+            except DfError as exc:
+                if exc.code != DfCode.PEER_WAIT:
+                    raise
+                waiting = exc
+        raise waiting
+
     @staticmethod
     def _piece_num(task: Task, text: str) -> int:
         """The piece a reported range names; only ranges the supernode hands out are accepted.
@@ -325,9 +356,10 @@ class TaskManager:
         client.assigned.pop(num, None)
         first_success = (status in (PieceStatus.SUCCESS, PieceStatus.SEMISUC)
                          and not self.progress.client_holds(task.id, client.cid, num))
-        self.progress.update_piece(task.id, client.cid, dst_pid or "", num, status, time.monotonic())
+        size = self._piece_bytes(task, num) if first_success else 0
+        self.progress.update_piece(task.id, client.cid, dst_pid or "", num, status, time.monotonic(), size=size)
+        self.changes.notify(task.id)
         if first_success:
-            size = self._piece_bytes(task, num)
             self.metrics.piece_served("cdn" if dst_pid == self.super_peer.id else "peer", size)
             if dst_pid == self.super_peer.id:
                 self.metrics.pieces_downloaded_size_bytes_total.inc(size)

@@ -1,8 +1,9 @@
 """Fixtures that run the real ``python -m dfget`` as separate processes, one work home per node.
 
 Every dfget run is a child process of the test; the uploader each first run starts is a detached
-grandchild, found through the pid its home's meta file records. Teardown stops both, so no process
-outlives its test; the short ``--alivetime`` default makes any uploader missed here exit on its own.
+grandchild, found through the pid its home's meta file records, and later runs on the node hand
+their downloads to it. Teardown stops both, so no process outlives its test; the short
+``--alivetime`` default makes any uploader missed here exit on its own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Finished:
     stderr: str
     output: Path
     home: Path
+    pid: int  # of the dfget process: a run it handed to the node's daemon logs the daemon's pid instead
 
     def counts(self) -> dict[str, float]:
         """MiB by source, parsed from the summary line (``... 8.0 MiB from peers, ...``)."""
@@ -87,7 +89,7 @@ class Running:
             pytest.fail(f"dfget did not finish within {within:g}s:\n{self.stderr.read_text()}\n--- log ---\n"
                         f"{log.read_text()[-4000:] if log.exists() else ''}")
         return Finished(code, self.stdout.read_text(errors="replace"), self.stderr.read_text(errors="replace"),
-                        self.output, self.home)
+                        self.output, self.home, self.proc.pid)
 
     def kill(self) -> None:
         if self.proc.returncode is None:
@@ -134,24 +136,33 @@ class DfgetNodes:
         return self.root / f"node-{ip}"
 
     async def start(self, url: str, *args: str, ip: str = "127.0.0.2", output: Path | None = None,
-                    alive_time: str = ALIVE_TIME) -> Running:
+                    alive_time: str = ALIVE_TIME, cwd: Path | None = None, give_output: bool = True,
+                    python_args: Sequence[str] = ()) -> Running:
+        """``python [python_args] -m dfget -u url -o output ...`` in ``cwd`` (default: ``root``).
+
+        A relative ``output`` is passed as it is (relative to ``cwd``); ``give_output=False`` leaves
+        ``-o`` out, and ``output`` is then where the file is expected.
+        """
         home = self.home(ip)
         self.homes.add(home)
+        cwd = cwd or self.root
         output = output or self.root / "out" / f"{ip}.bin"
-        argv = [sys.executable, "-m", "dfget", "-u", url, "-o", str(output), "--ip", ip, "--home", str(home),
-                "--alivetime", alive_time, *args]
+        argv = [sys.executable, *python_args, "-m", "dfget", "-u", url, *(["-o", str(output)] if give_output else []),
+                "--ip", ip, "--home", str(home), "--alivetime", alive_time, *args]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
         stdout, stderr = (self.root / f"run-{len(self.running)}-{ip}.{kind}" for kind in ("stdout", "stderr"))
         with stdout.open("wb") as out, stderr.open("wb") as err:
-            proc = await asyncio.create_subprocess_exec(*argv, cwd=self.root, env=env,
+            proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, env=env,
                                                         stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err)
-        running = Running(proc, output, home, stdout, stderr)
+        running = Running(proc, cwd / output, home, stdout, stderr)
         self.running.append(running)
         return running
 
     async def run(self, url: str, *args: str, ip: str = "127.0.0.2", output: Path | None = None,
-                  alive_time: str = ALIVE_TIME) -> Finished:
-        started = await self.start(url, *args, ip=ip, output=output, alive_time=alive_time)
+                  alive_time: str = ALIVE_TIME, cwd: Path | None = None, give_output: bool = True,
+                  python_args: Sequence[str] = ()) -> Finished:
+        started = await self.start(url, *args, ip=ip, output=output, alive_time=alive_time, cwd=cwd,
+                                   give_output=give_output, python_args=python_args)
         return await started.wait()
 
     async def stop_uploader(self, home: Path, sig: int = signal.SIGTERM) -> None:

@@ -544,3 +544,47 @@ def test_limit_caps_the_pieces_handed_out() -> None:
     assert len(state.client_running("t", "c")) == 1
     rest = schedule(state, "t", "c", now=0.0, rng=random.Random(1))
     assert len(rest) == 3
+
+
+# -- source choice by measured throughput --
+
+PIECE_BYTES = 4 * 1024 * 1024
+
+
+def _measure(state: ProgressState, cid: str, num: int, dst: str, seconds: float, start: float = 0.0) -> None:
+    """``cid`` fetches piece ``num`` from ``dst`` in ``seconds``: one throughput sample of ``dst``."""
+    state.start_piece(TASK, cid, num, dst, now=start)
+    state.update_piece(TASK, cid, dst, num, SUC, now=start + seconds, size=PIECE_BYTES)
+
+
+def test_capacity_is_rate_times_concurrent_uploads() -> None:
+    state = make_state()
+    _measure(state, "c0", 0, SUPER, 2.0)  # alone on the CDN: 2 MiB/s
+    assert state.capacity(SUPER) == PIECE_BYTES / 2.0
+    give(state, "c1", 0)
+    state.start_piece(TASK, "c2", 0, "p1", now=0.0)
+    _measure(state, "c3", 0, "p1", 1.0)  # p1 served two at once, this one at 4 MiB/s
+    assert state.capacity("p1") == 2 * PIECE_BYTES
+    assert state.peer_capacity == 2 * PIECE_BYTES
+    assert state.capacity("p2") == 0.0
+
+
+def test_unmeasured_sources_are_chosen_as_go_does() -> None:
+    """Without samples a free holder gets the piece (that is how peers get measured at all)."""
+    state = make_state(pieces=1)
+    give(state, "c0", 0)
+    assert schedule(state, TASK, "c1", now=0.0, rng=random.Random(0)) == [Assignment(0, "p0")]
+
+
+@pytest.mark.parametrize(("cdn_seconds", "peer_seconds", "chosen"), [
+    (0.5, 2.0, SUPER),   # the CDN measured 4x faster than the only holder: the CDN serves
+    (2.0, 0.5, "p0"),    # the holder is faster: it serves, the CDN keeps its slot
+])
+def test_the_faster_source_by_measured_rate_serves(cdn_seconds: float, peer_seconds: float, chosen: str) -> None:
+    state = make_state(pieces=3)
+    _measure(state, "c0", 0, SUPER, cdn_seconds)
+    _measure(state, "c1", 1, SUPER, 1.0)
+    give(state, "c0", 1, 2)
+    _measure(state, "c2", 2, "p0", peer_seconds)
+    # piece 0 is the rarest (p0 alone holds it); p0 is free, and the CDN has every slot
+    assert [a.dst_pid for a in schedule(state, TASK, "c3", now=10.0, rng=random.Random(0), limit=1)] == [chosen]
