@@ -6,6 +6,8 @@ then runs P simulated dfget peers in this process. Each does what dfget v1 does 
 ``GET /peer/piece/suc`` followed by a ``/peer/task`` carrying the result (701/503) - but "downloads"
 each piece instantly. A peer that gets 600 registers again as a new download; 602 waits 20 ms.
 Only requests sent inside the measuring window (after every peer registered once) are counted.
+The supernode runs with ``--pull-hold 0`` unless ``--supernode-arg`` says otherwise: a held 602 is a
+deliberate wait for news, not processing time, and would read as latency here.
 
     python bench/api_sim.py --peers 50,200 --seconds 8
 
@@ -108,7 +110,8 @@ async def run(peers: int, seconds: float, size: int, extra: list[str]) -> dict[s
     await origin.start()
     rec = Recorder()
     try:
-        api_port, _ = await start_supernode(children, work, extra)
+        held = any(arg.startswith("--pull-hold") for arg in extra)
+        api_port, _ = await start_supernode(children, work, extra if held else ["--pull-hold=0", *extra])
         api = f"http://127.0.0.1:{api_port}"
         url = f"http://127.0.0.1:{origin.port}/sim/file.bin"
         connector = aiohttp.TCPConnector(limit=0)

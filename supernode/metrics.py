@@ -113,6 +113,8 @@ class Metrics:
     def __init__(self, version: str, revision: str = "unknown") -> None:
         self.registry = reg = CollectorRegistry()
         ns, sub = NAMESPACE, SUPERNODE
+        self._http_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
+        self._http_counts: dict[tuple[str, int], Counter] = {}
 
         # --- v1: build and HTTP server -----------------------------------------------------------
         #: ``dragonfly_supernode_build_info{version,revision,os,arch,goversion}`` = 1.
@@ -346,6 +348,26 @@ class Metrics:
             arch=_go_arch(),
             goversion=f"python{platform.python_version()}",
         ).set(1)
+
+    def http_request(self, handler: str, code: int, seconds: float, request_bytes: int,
+                     response_bytes: int) -> None:
+        """Record one API request. Runs on every request, so the labelled children are looked up once
+        per handler and code: ``labels()`` builds a key and takes a lock each time."""
+        children = self._http_children.get(handler)
+        if children is None:
+            children = self._http_children[handler] = (
+                self.http_request_duration_seconds.labels(handler=handler),
+                self.http_request_size_bytes.labels(handler=handler),
+                self.http_response_size_bytes.labels(handler=handler))
+        counter = self._http_counts.get((handler, code))
+        if counter is None:
+            counter = self._http_counts[handler, code] = self.http_requests_total.labels(code=str(code),
+                                                                                       handler=handler)
+        counter.inc()
+        duration, request_size, response_size = children
+        duration.observe(seconds)
+        request_size.observe(request_bytes)
+        response_size.observe(response_bytes)
 
     def piece_served(self, source: str, size: int) -> None:
         """Count one successfully downloaded piece of ``size`` bytes served by ``source`` (cdn or peer)."""

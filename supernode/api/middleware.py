@@ -73,10 +73,7 @@ async def http_metrics(request: web.Request, handler: Handler) -> web.StreamResp
     label = _label(request)
     started = time.perf_counter()
     response = await handler(request)
-    metrics.http_requests_total.labels(code=str(response.status), handler=label).inc()
-    metrics.http_request_duration_seconds.labels(handler=label).observe(time.perf_counter() - started)
     size = len(request.method) + len(request.path_qs) + sum(len(k) + len(v) for k, v in request.headers.items())
-    metrics.http_request_size_bytes.labels(handler=label).observe(size + (request.content_length or 0))
-    body_length = response.content_length if response.content_length is not None else 0
-    metrics.http_response_size_bytes.labels(handler=label).observe(body_length)
+    metrics.http_request(label, response.status, time.perf_counter() - started, size + (request.content_length or 0),
+                         response.content_length if response.content_length is not None else 0)
     return response

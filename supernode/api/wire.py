@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -43,9 +44,18 @@ class ApiError(Exception):
 
 
 def encode(data: Any, *, newline: bool = True) -> bytes:
-    """Compact JSON without HTML escaping, with Go's trailing newline unless told otherwise."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return (text + "\n" if newline else text).encode()
+    """Compact JSON without HTML escaping, with Go's trailing newline unless told otherwise.
+
+    orjson writes the same bytes as ``json.dumps(separators=(",", ":"), ensure_ascii=False)`` several
+    times faster (every pull answer goes through here); what it refuses (integers beyond 64 bits, keys
+    that are not strings) takes the standard library's way.
+    """
+    try:
+        body = orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE if newline else 0)
+    except TypeError:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        body = (text + "\n" if newline else text).encode()
+    return body
 
 
 def json_response(data: Any, *, status: int = 200, newline: bool = True) -> web.Response:
