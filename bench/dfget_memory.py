@@ -4,8 +4,11 @@ dfget must stream pieces to disk and the uploader must serve them from disk, so 
 the file size (target: under 150 MiB RSS each for a 2 GiB file). This starts a real supernode and a
 generating origin on loopback (the origin never holds the file), downloads the file with one `dfget`
 (all pieces from the CDN), then with a second `dfget` on another loopback IP whose pieces come from the
-first peer's uploader where the scheduler allows. The peak RSS (VmHWM) of every dfget process and of
-the first peer's uploader is read from /proc.
+first peer's uploader where the scheduler allows. Both run in their own process (no daemon runs on
+their nodes yet) and start their node's daemon. A third `dfget` on the second node is then handed to
+that node's daemon (delegation), so the daemon does the download. The peak RSS (VmHWM) of every dfget
+process, of the first node's daemon (uploads) and of the second node's daemon (after the delegated
+download) is read from /proc.
 
     python bench/dfget_memory.py --size 2G       # writes bench/results/dfget_memory.json
 """
@@ -47,9 +50,13 @@ async def _dfget(url: str, out: Path, ip: str, home: Path, api: int) -> dict[str
             "peak_rss_mib": round(peak / 1024, 1), "summary": out_text.strip().splitlines()[-1:] or [""]}
 
 
-def _uploader_pids(work: Path) -> list[int]:
-    """The uploaders the dfget runs started (each records its pid in its meta file)."""
-    return [int(json.loads(meta.read_text()).get("pid") or 0) for meta in work.glob("peer*/meta/host.meta")]
+def _uploader_pid(home: Path) -> int:
+    """The pid of the daemon a dfget run started on ``home`` (recorded in its meta file)."""
+    return int(json.loads((home / "meta" / "host.meta").read_text()).get("pid") or 0)
+
+
+def _daemon_pids(work: Path) -> set[int]:
+    return {_uploader_pid(home) for home in work.glob("peer*") if (home / "meta" / "host.meta").exists()}
 
 
 async def run(size: int) -> dict[str, object]:
@@ -60,15 +67,19 @@ async def run(size: int) -> dict[str, object]:
     try:
         url = f"http://127.0.0.1:{origin_port}/big.bin"
         first = await _dfget(url, work / "out1.bin", "127.0.0.2", work / "peer1", api)
-        uploader_pid = _uploader_pids(work)[0]
+        uploader_pid = _uploader_pid(work / "peer1")
         second = await _dfget(url, work / "out2.bin", "127.0.0.3", work / "peer2", api)
         uploader_peak = _rss_kib(uploader_pid, "VmHWM") if uploader_pid else 0
-        sizes_ok = all((work / f"out{n}.bin").stat().st_size == size for n in (1, 2))
+        third = await _dfget(url, work / "out3.bin", "127.0.0.3", work / "peer2", api)
+        daemon_pid = _uploader_pid(work / "peer2")
+        daemon_peak = _rss_kib(daemon_pid, "VmHWM") if daemon_pid else 0
+        sizes_ok = all((work / f"out{n}.bin").stat().st_size == size for n in (1, 2, 3))
         return {"file_bytes": size, "first_dfget": first, "second_dfget": second,
-                "uploader_peak_rss_mib": round(uploader_peak / 1024, 1), "outputs_complete": sizes_ok,
+                "uploader_peak_rss_mib": round(uploader_peak / 1024, 1), "delegated_dfget": third,
+                "delegated_daemon_peak_rss_mib": round(daemon_peak / 1024, 1), "outputs_complete": sizes_ok,
                 "cpus": os.cpu_count()}
     finally:
-        for pid in _uploader_pids(work):
+        for pid in _daemon_pids(work):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         await stop_supernode(supernode)
