@@ -21,6 +21,8 @@ import asyncio
 import json
 import logging
 import os
+import socket
+import struct
 from pathlib import Path
 
 from aiohttp import web
@@ -84,6 +86,8 @@ class DelegateRequest(BaseModel):
     pid: int = Field(gt=0)  # signs the run (its cid and task file name), as if the caller ran it
     stderr_tty: bool  # whether to draw a progress bar
     columns: int = Field(ge=1, le=100_000)  # the caller's terminal width
+    #: (device, inode) of the caller's cwd and output directory: the daemon must see the same directories.
+    seen: dict[str, tuple[int, int]]
 
     @field_validator("cwd")
     @classmethod
@@ -103,6 +107,37 @@ def caller_config(request: DelegateRequest) -> tuple[DownloadConfig, str]:
     raw["home"] = os.path.join(request.cwd, os.path.expanduser(raw["home"]))
     config = download_config(raw)
     return config.model_copy(update={"output": Path(request.cwd) / config.output}), str(config.output)
+
+
+def _peer_uid(request: web.Request) -> int | None:
+    """The connecting process's user (``SO_PEERCRED``); None when the transport cannot tell."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is None:
+        return None
+    try:
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except (AttributeError, OSError, struct.error):
+        return None
+    return int(uid)
+
+
+def _refusal(request: DelegateRequest, uid: int | None) -> str:
+    """Why this daemon must not run the caller's download ("" when it may).
+
+    It writes the output with its own user and in its own view of the file system, so both must be
+    the caller's: root may reach the socket of another user's daemon, and a daemon in a container
+    shares the home with the host, not the caller's directories.
+    """
+    if uid is None or uid != os.geteuid():
+        return f"the daemon runs as user {os.geteuid()}, the caller as {uid}"
+    for path, identity in request.seen.items():
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return f"the daemon cannot see {path}: {exc.strerror}"
+        if (st.st_dev, st.st_ino) != identity:
+            return f"{path} is another directory for the daemon"
+    return "" if request.cwd in request.seen else "the caller did not say which directory its cwd is"
 
 
 def _describe(exc: ValidationError) -> str:
@@ -198,6 +233,11 @@ class ControlServer:
             body = DelegateRequest.model_validate_json(await request.read())
         except ValidationError as exc:
             return web.json_response({"code": 400, "message": _describe(exc)}, status=400)
+        refusal = await asyncio.to_thread(_refusal, body, _peer_uid(request))
+        if refusal:
+            # The caller runs the download itself: that is always correct, a run here would not be.
+            log.info("not running the download of dfget process %d: %s", body.pid, refusal)
+            return web.json_response({"code": 409, "message": refusal}, status=409)
         events = _Events()
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)

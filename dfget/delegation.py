@@ -49,12 +49,33 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _identities(cwd: str, output: str | None) -> dict[str, list[int]]:
+    """(device, inode) of the directories the run writes in, as this process sees them.
+
+    The daemon compares them with what it sees: a daemon in a container (the chart's DaemonSet) shares
+    the home with the host but not the rest of the file system, and must not write the output into
+    its own copy of the path.
+    """
+    paths = [cwd]
+    if output:
+        parent = os.path.dirname(os.path.join(cwd, os.path.expanduser(output))) or cwd
+        while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)  # the output's directory may not exist yet: its nearest ancestor
+        paths.append(parent)
+    seen = {}
+    for path in paths:
+        st = os.stat(path)
+        seen[path] = [st.st_dev, st.st_ino]
+    return seen
+
+
 def _request(options: dict[str, Any]) -> bytes:
     """``POST /dfget``. HTTP/1.0, so the answer's body is the event stream up to the daemon's close,
     with no chunked framing to decode."""
+    cwd = os.getcwd()
     body = json.dumps({
-        "options": options, "cwd": os.getcwd(), "pid": os.getpid(), "stderr_tty": sys.stderr.isatty(),
-        "columns": shutil.get_terminal_size((100, 20)).columns,
+        "options": options, "cwd": cwd, "pid": os.getpid(), "stderr_tty": sys.stderr.isatty(),
+        "columns": shutil.get_terminal_size((100, 20)).columns, "seen": _identities(cwd, options.get("output")),
     }).encode()
     head = (f"POST /dfget HTTP/1.0\r\nHost: dfget\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")

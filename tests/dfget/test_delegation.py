@@ -274,7 +274,9 @@ async def test_bad_requests_get_400_json(origin: OriginServer, supernode: Supern
     await start_daemon(nodes, origin, node)
     home = nodes.home("127.0.0.2")
     options = download_args(["-u", origin.url("/seed.bin"), "--home", str(home)])
-    good = {"options": options, "cwd": str(nodes.root), "pid": os.getpid(), "stderr_tty": False, "columns": 80}
+    root = nodes.root.stat()
+    good = {"options": options, "cwd": str(nodes.root), "pid": os.getpid(), "stderr_tty": False, "columns": 80,
+            "seen": {str(nodes.root): [root.st_dev, root.st_ino]}}
     bodies = {
         "not JSON": b"{options",
         "not an object": b"[]",
@@ -291,3 +293,12 @@ async def test_bad_requests_get_400_json(origin: OriginServer, supernode: Supern
                     assert resp.status == 400 and answer["code"] == 400 and answer["message"], (what, answer)
             async with http.get("http://dfget/dfget") as resp:
                 assert resp.status == 405
+            # A daemon that sees other directories than its caller (a container sharing only the home)
+            # must leave the run to the caller: 409, which makes dfget download in its own process.
+            for what, seen in {"another directory": {str(nodes.root): [root.st_dev, root.st_ino + 1]},
+                               "cwd not named": {"/": [os.stat("/").st_dev, os.stat("/").st_ino]},
+                               "a path the daemon cannot see": {str(nodes.root): [root.st_dev, root.st_ino],
+                                                                str(nodes.root / "gone"): [1, 2]}}.items():
+                async with http.post("http://dfget/dfget", json={**good, "seen": seen}) as resp:
+                    answer = await resp.json()
+                    assert resp.status == 409 and answer["code"] == 409 and answer["message"], (what, answer)
