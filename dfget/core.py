@@ -27,7 +27,7 @@ from .downloader import P2PDownloader
 from .errors import DfgetError, DownloadTimeout, NotBackSourced, P2PError
 from .launcher import LocalUploader, UploaderError, ensure_uploader
 from .locator import Locator, Node
-from .piece_fetch import PieceFetcher
+from .piece_fetch import READ_BUFFER, PieceFetcher
 from .progress import Progress, Source
 from .protocol import NOT_BACKSOURCED, BackSourceReason, make_cid, make_sign, peer_path, task_file_name
 from .ratelimit import TokenBucket
@@ -115,7 +115,7 @@ class DfgetRun:
         limiter = TokenBucket(config.local_limit)
         prepare_output(config.output)  # a bad output path is not something the source could fix
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False, read_bufsize=READ_BUFFER,
                                          skip_auto_headers=("Accept-Encoding",)) as session:
             api = SupernodeApi(session)
             try:

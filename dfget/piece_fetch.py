@@ -26,7 +26,11 @@ from .supernode_api import PieceTask
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024
+#: The session's per-response buffer. aiohttp's 64 KiB default pauses and resumes the socket every
+#: 64-128 KiB, and each resume is a round of Python work per piece stream; a larger buffer lets one
+#: iteration take a whole READ_CHUNK (a running piece holds at most twice this much in memory).
+READ_BUFFER = 1024 * 1024
 WRITE_BATCH = 1024 * 1024
 CONNECT_TIMEOUT = 2.0
 

@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--up-limit", dest="up_limit", help="concurrent uploads per peer (default 5)")
     p.add_argument("--down-limit", dest="down_limit", help="concurrent downloads per client (default 4)")
     p.add_argument("--cdn-task-limit", dest="cdn_task_limit",
-                   help="concurrent CDN pieces served per task (default 16)")
+                   help="concurrent CDN pieces served per task, an upper bound: within it the scheduler weighs the "
+                        "CDN against peers by measured throughput (default 64; Go: 4)")
     p.add_argument("--pull-hold", dest="pull_hold",
                    help="hold a pull that would answer 602 (wait) until a piece can be handed out, at most this "
                         "long, e.g. 500ms (default 1s; 0: answer at once, as Go)")

@@ -76,8 +76,9 @@ class Settings(BaseSettings):
 
     up_limit: int = Field(5, ge=1, description="concurrent uploads one peer may serve")
     down_limit: int = Field(4, ge=1, description="concurrent pieces one client may download")
-    cdn_task_limit: int = Field(16, ge=1, description="concurrent CDN piece downloads served per task (Go: 4, "
-                                                      "which leaves peers idle while the CDN could serve them)")
+    cdn_task_limit: int = Field(64, ge=1, description="most concurrent CDN piece downloads served per task (Go: "
+                                "a fixed 4, which leaves peers waiting while the CDN could serve them); within "
+                                "it the scheduler weighs the CDN against peers by measured throughput")
     elimination_limit: int = Field(5, ge=1)
     failure_count_limit: int = Field(5, ge=0)
     max_bandwidth: Size = 200 * 1024**2
