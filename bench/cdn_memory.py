@@ -19,7 +19,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -27,16 +26,11 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from swarm import free_port
 
 from supernode.units import parse_size
 
 _PATTERN = bytes(i % 251 for i in range(251 * 4096))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_kib(pid: int, field: str) -> int:
@@ -61,7 +55,7 @@ async def _origin(size: int) -> tuple[web.AppRunner, int]:
     app.router.add_get("/big.bin", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, port
 
@@ -101,7 +95,7 @@ async def stop_supernode(proc: asyncio.subprocess.Process) -> None:
 
 async def run(size: int) -> dict[str, object]:
     runner, origin_port = await _origin(size)
-    api, cdn = _free_port(), _free_port()
+    api, cdn = free_port(), free_port()
     home = tempfile.mkdtemp(prefix="bench-sn-")
     proc = await start_supernode(home, api, cdn)
     samples: list[int] = []

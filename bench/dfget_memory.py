@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cdn_memory import _free_port, _origin, _rss_kib, start_supernode, stop_supernode
+from cdn_memory import _origin, _rss_kib, start_supernode, stop_supernode
+from swarm import free_port
 
 from supernode.units import parse_size
 
@@ -61,7 +62,7 @@ def _daemon_pids(work: Path) -> set[int]:
 
 async def run(size: int) -> dict[str, object]:
     runner, origin_port = await _origin(size)
-    api, cdn = _free_port(), _free_port()
+    api, cdn = free_port(), free_port()
     work = Path(tempfile.mkdtemp(prefix="bench-dfget-"))
     supernode = await start_supernode(str(work / "sn"), api, cdn)
     try:

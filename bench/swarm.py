@@ -61,11 +61,19 @@ sys.path.insert(0, str(BENCH))
 
 from origin import GlobalBucket, file_md5  # noqa: E402
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free a moment ago, never the same twice in one run (a just-closed port can come back at once)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 100 tries")
 
 
 def t_star(n: int, f: float, s: float, d: float, u: float, c: float = float("inf")) -> float:

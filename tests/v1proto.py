@@ -114,11 +114,23 @@ def is_supernode_cid(cid: str) -> bool:
     return cid.startswith(SUPER_CID_PREFIX)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago, for servers that must be told their port up front."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that was free a moment ago, for servers that must be told their port up front.
+
+    Never the same port twice in one process: the kernel may give a just-closed port to the next
+    ``bind(0)``, and a supernode told the same API and download port cannot start.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 100 tries")
 
 
 def pattern_bytes(length: int) -> bytes:
