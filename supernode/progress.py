@@ -66,6 +66,9 @@ class Limits:
     """Max concurrent pieces the supernode serves per task (Go reuses peer_down_limit)."""
     super_load_reset: float = 30.0
     """Seconds after which a task's unchanged supernode load is assumed leaked and reset to 0."""
+    cdn_upload_rate: float = 0.0
+    """The CDN's total upload capacity C in bytes/s, when the operator knows it (``--cdn-rate-limit``);
+    0: unknown, so the scheduler uses the CDN's measured capacity instead."""
 
 
 class PeerSet:
@@ -159,6 +162,8 @@ class TaskProgress:
     cdn_failed: set[int] = field(default_factory=set)
     holders: dict[int, PeerSet] = field(default_factory=dict)
     holder_counts: dict[int, int] = field(default_factory=dict)
+    inflight: dict[int, int] = field(default_factory=dict)
+    """piece -> running entries of it (from any source; absent when 0): pieces on their way to a peer."""
     holding_peers: set[str] = field(default_factory=set)
     clients: dict[str, ClientProgress] = field(default_factory=dict)
     super_load: int = 0
@@ -175,6 +180,8 @@ class ProgressState:
         self._tasks: dict[str, TaskProgress] = {}
         self.peer_capacity = 0.0
         """The same estimate over every peer's samples: the guess for a peer not measured yet."""
+        self.piece_rate = 0.0
+        """Moving average of single-piece rates (bytes/s, any source): how fast one flow of a piece moves."""
 
     # -- lookups (the scheduler reads these records; only this class mutates them) --
 
@@ -332,6 +339,7 @@ class ProgressState:
         client = self.client(task_id, cid)
         if piece_num in client.done or piece_num in client.running:
             raise invalid(f"taskID: {task_id}, clientID: {cid}: piece {piece_num} is held or running")
+        task.inflight[piece_num] = task.inflight.get(piece_num, 0) + 1
         if dst_pid == task.super_pid:
             self._expire_super_load(task, now)
             task.super_load += 1
@@ -406,7 +414,9 @@ class ProgressState:
         if seconds <= 0 or source is None:
             return
         concurrent = task.super_load if run.dst == task.super_pid else source.load
-        sample = size / seconds * max(concurrent, 1)
+        rate = size / seconds
+        self.piece_rate = rate if not self.piece_rate else self.piece_rate + CAPACITY_WEIGHT * (rate - self.piece_rate)
+        sample = rate * max(concurrent, 1)
         source.capacity = sample if not source.capacity else \
             source.capacity + CAPACITY_WEIGHT * (sample - source.capacity)
         if run.dst != task.super_pid:
@@ -500,7 +510,12 @@ class ProgressState:
                 del counts[num]
 
     def _release(self, task: TaskProgress, cid: str, piece_num: int, run: Run, now: float | None) -> None:
-        """Take an ended running entry off its source's load."""
+        """Take an ended running entry off its source's load and off the piece's in-flight count."""
+        left = task.inflight[piece_num] - 1
+        if left:
+            task.inflight[piece_num] = left
+        else:
+            del task.inflight[piece_num]
         if run.epoch == _ORPHAN:
             return
         if run.dst == task.super_pid:

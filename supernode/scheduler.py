@@ -18,6 +18,7 @@ client is not handed a crawling upload from a busy peer while the CDN would serv
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from .errors import DfCode, DfError
 from .progress import PeerProgress, PeerSet, ProgressState, TaskProgress
 
 _DEFAULT_RNG = random.Random()
+
+_CDN_START = 2
+"""Pieces the CDN sends at once for a task before anything is measured: the first pieces of a swarm are
+the ones everybody waits for, so they go out one or two at a time, each at a client's full speed."""
 
 _SCAN_LIMIT = 64
 """Intersections whose smaller side has at most this many PIDs are scanned exactly, without probing."""
@@ -71,28 +76,35 @@ def schedule(
     if slots <= 0:
         raise DfError(DfCode.PEER_CONTINUE, f"taskID: {task_id}, clientID: {cid}")
     isolated = peer.client_errors > limits.failure_count_limit
-    cdn_slots = limits.cdn_task_limit - state.super_load(task_id, now)
+    cdn_load = state.super_load(task_id, now)
+    cdn = _CdnBudget(state, task, cdn_load, starving=not client.running)
     free_counts = task.free_counts
-    if cdn_slots <= 0:
+    if cdn.slots <= 0:
         if isolated:
             raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: the CDN is busy")
         available.intersection_update(free_counts)
 
     assignments: list[Assignment] = []
     picker = _SourcePicker(task, peer, rng)
-    for num in sort_pieces(available, task.holder_counts, running_center(client.running), rng):
+    holder_counts, inflight = task.holder_counts, task.inflight
+    counts = holder_counts
+    if limits.cdn_upload_rate and inflight:
+        counts = {n: holder_counts.get(n, 0) + inflight.get(n, 0) for n in available}
+    for num in sort_pieces(available, counts, running_center(client.running), rng):
         if picker.budget <= 0:
             break
         dst = picker.pick(task.holders[num]) if not isolated and num in free_counts else None
-        if dst is not None and cdn_slots > 0 and _cdn_is_faster(state, task, dst, limits.cdn_task_limit - cdn_slots):
+        if dst is not None and cdn.slots > 0 and cdn.faster_than(dst):
             dst = None
         if dst is None:
-            if cdn_slots <= 0:
+            if cdn.slots <= 0:
                 if isolated:
                     break
                 continue
+            if not isolated and not cdn.serves(num, holder_counts, inflight):
+                continue
             dst = task.super_pid
-            cdn_slots -= 1
+            cdn.take()
         state.start_piece(task_id, cid, num, dst, now)
         assignments.append(Assignment(num, dst))
         if len(assignments) == slots:
@@ -102,18 +114,67 @@ def schedule(
     return assignments
 
 
-def _cdn_is_faster(state: ProgressState, task: TaskProgress, dst: str, cdn_load: int) -> bool:
-    """Whether one more piece from the CDN is expected to arrive faster than from peer ``dst``.
+class _CdnBudget:
+    """The CDN's share of one schedule call.
 
-    Expected rate = measured capacity / (current load + 1), for both. A peer never measured counts
-    with the swarm's typical peer capacity; while there is none, or the CDN was never measured, the
-    peer gets the piece as in Go (that is also how sources get measured at all).
+    With its capacity C unknown, the CDN is a source like the others, weighed against the least
+    loaded free holder by measured throughput (:meth:`faster_than`), up to ``cdn_task_limit`` pieces
+    at once. On a fast port that is what finishes a swarm soonest, and a CDN that really saturates
+    shows it in its measured rate.
+
+    With C known (``Limits.cdn_upload_rate``, the operator's ``--cdn-rate-limit``), the CDN is a seed of
+    finite capacity that every peer waits on while a piece exists nowhere else, so it is spent where
+    peers cannot help, as BitTorrent's super-seeding does:
+
+    - *fresh* pieces (no peer holds one, none is on its way to a peer) may always come from it, and
+      rarest-first (which counts pieces in flight) puts them first: each piece leaves the CDN about
+      once and the swarm spreads it;
+    - a piece some peer holds or is receiving comes from it only while it has capacity to spare
+      (one more flow would still get a typical flow's rate), when it is expected to beat the least
+      loaded free holder, or when the client has nothing running at all (it would idle otherwise:
+      the tail of a download whose holders are all busy);
+    - it runs at most about C / (rate of one piece flow) pieces at once, so the pieces it sends
+      arrive as fast as from any other source instead of crawling side by side; before any flow is
+      measured, :data:`_CDN_START`.
     """
-    cdn = state.capacity(task.super_pid)
-    peer = state.capacity(dst) or state.peer_capacity
-    if not cdn or not peer:
-        return False
-    return cdn / (cdn_load + 1) > peer / (task.free_load[dst] + 1)
+
+    __slots__ = ("_load", "_rate", "_starving", "_state", "_task", "slots")
+
+    def __init__(self, state: ProgressState, task: TaskProgress, load: int, *, starving: bool) -> None:
+        self._state, self._task, self._load, self._starving = state, task, load, starving
+        limits = state.limits
+        self._rate = limits.cdn_upload_rate or state.capacity(task.super_pid)
+        cap = limits.cdn_task_limit
+        if limits.cdn_upload_rate:
+            flow = state.piece_rate
+            cap = min(cap, max(1, math.ceil(limits.cdn_upload_rate / flow)) if flow else _CDN_START)
+        self.slots = cap - load
+
+    def take(self) -> None:
+        self.slots -= 1
+        self._load += 1
+
+    def serves(self, num: int, holder_counts: Mapping[int, int], inflight: Mapping[int, int]) -> bool:
+        """Whether the CDN serves piece ``num``, which no free peer can, given a free CDN slot."""
+        if not self._state.limits.cdn_upload_rate or self._starving:
+            return True
+        if num not in holder_counts and num not in inflight:
+            return True
+        flow = self._state.piece_rate
+        return bool(flow) and self._rate / (self._load + 1) >= flow
+
+    def faster_than(self, dst: str) -> bool:
+        """Whether one more CDN piece is expected to arrive faster than one from peer ``dst``.
+
+        Expected rate = capacity / (current load + 1), for both. A peer never measured counts with
+        the swarm's typical peer capacity; while there is none, or the CDN's capacity is unknown, the
+        peer gets the piece as in Go (that is also how sources get measured at all).
+        """
+        state = self._state
+        peer = state.capacity(dst) or state.peer_capacity
+        if not self._rate or not peer:
+            return False
+        return self._rate / (self._load + 1) > peer / (self._task.free_load[dst] + 1)
 
 
 def sort_pieces(

@@ -1,0 +1,137 @@
+"""The CDN as a seed of finite capacity (``Limits.cdn_upload_rate``): fresh pieces first, each out about once."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from supernode.errors import DfCode, DfError
+from supernode.progress import Limits, PieceStatus, ProgressState
+from supernode.scheduler import schedule
+from tests.bandwidth_swarm import MIB, BandwidthSwarm
+
+SUPER = "super"
+TASK = "t1"
+SUC = PieceStatus.SUCCESS
+PIECE = 4 * MIB
+
+
+def seeded_state(*, pieces: int, cdn_upload_rate: float = 20 * MIB, peers: int = 4) -> ProgressState:
+    """Clients c0..c{peers-1}; one piece flow was measured at 10 MiB/s, so the CDN runs C / 10 MiB/s at once."""
+    state = ProgressState(Limits(cdn_upload_rate=cdn_upload_rate, cdn_task_limit=64))
+    state.add_peer(SUPER, serves=False)
+    state.add_task(TASK, SUPER)
+    for i in range(peers):
+        state.add_peer(f"p{i}", serves=True)
+        state.add_client(TASK, f"c{i}", f"p{i}")
+    for num in range(pieces):
+        state.cdn_piece_done(TASK, num)
+    # one flow of another task, served by a peer that takes no part here, measures the rate of a flow
+    state.add_task("other", SUPER)
+    state.cdn_piece_done("other", 0)
+    state.add_peer("m", serves=False)
+    state.add_client("other", "cm", "m")
+    state.start_piece("other", "cm", 0, SUPER, now=0.0)
+    state.update_piece("other", "cm", SUPER, 0, SUC, now=0.4, size=PIECE)
+    return state
+
+
+def pull(state: ProgressState, cid: str, limit: int | None = None) -> list[tuple[int, str]]:
+    return [(a.piece_num, a.dst_pid) for a in schedule(state, TASK, cid, now=1.0, rng=random.Random(0), limit=limit)]
+
+
+def test_rarest_first_counts_the_pieces_on_their_way() -> None:
+    state = seeded_state(pieces=2)
+    ((num, dst),) = pull(state, "c0", limit=1)
+    assert dst == SUPER
+    assert pull(state, "c1", limit=1) == [(1 - num, SUPER)], "the piece nobody has goes out before a second copy"
+
+
+def test_a_piece_on_its_way_is_not_sent_again_by_a_busy_cdn() -> None:
+    state = seeded_state(pieces=2, cdn_upload_rate=10 * MIB)  # C = one flow
+    state.start_piece(TASK, "c1", 1, SUPER, now=1.0)
+    # c0 runs a peer piece, so it is not idle: piece 1 is on its way to c1 and the CDN has no spare capacity
+    state.update_piece(TASK, "c3", SUPER, 0, SUC, now=1.0)
+    state.start_piece(TASK, "c0", 0, "p3", now=1.0)
+    with pytest.raises(DfError) as err:
+        pull(state, "c0")
+    assert err.value.code == DfCode.PEER_WAIT
+
+
+def test_an_idle_client_gets_a_copy_rather_than_waiting() -> None:
+    state = seeded_state(pieces=1)
+    state.start_piece(TASK, "c1", 0, SUPER, now=1.0)
+    assert pull(state, "c0") == [(0, SUPER)]
+
+
+def test_the_cdn_runs_about_c_over_one_flow_at_once() -> None:
+    state = seeded_state(pieces=6)  # C = 20 MiB/s, one flow 10 MiB/s: two at once
+    assert [dst for _, dst in pull(state, "c0", limit=1) + pull(state, "c1")] == [SUPER, SUPER]
+    with pytest.raises(DfError) as err:
+        pull(state, "c2")
+    assert err.value.code == DfCode.PEER_WAIT
+
+
+def test_a_held_piece_comes_from_a_free_peer_not_the_cdn() -> None:
+    state = seeded_state(pieces=1)
+    state.update_piece(TASK, "c2", SUPER, 0, SUC, now=1.0)
+    state.start_piece(TASK, "c3", 1, SUPER, now=1.0)  # the CDN's two slots: one used, the other spare
+    state.start_piece(TASK, "c1", 1, SUPER, now=1.0)
+    assert pull(state, "c0") == [(0, "p2")]
+
+
+def test_pieces_in_flight_are_counted_and_released() -> None:
+    state = seeded_state(pieces=2)
+    task = state.task(TASK)
+    state.start_piece(TASK, "c0", 0, SUPER, now=1.0)
+    state.start_piece(TASK, "c1", 0, SUPER, now=1.0)
+    state.update_piece(TASK, "c1", SUPER, 0, SUC, now=1.5, size=PIECE)
+    state.start_piece(TASK, "c2", 0, "p1", now=1.5)
+    assert task.inflight == {0: 2}
+    state.remove_peer("p1")  # c2's source is gone: its piece still runs until reported
+    state.remove_client(TASK, "c0")
+    assert task.inflight == {0: 1}
+    state.update_piece(TASK, "c2", "p1", 0, PieceStatus.FAILED, now=2.0)
+    assert task.inflight == {}
+
+
+# -- whole swarms with real bandwidth limits (tests/bandwidth_swarm.py) --
+
+F = 64 * MIB
+
+
+def swarm(n: int, *, c: float, known: bool, d: float = 10, size: int = F, seed: int = 0) -> BandwidthSwarm:
+    limits = Limits(cdn_task_limit=64, cdn_upload_rate=c * MIB if known else 0.0)
+    return BandwidthSwarm(n=n, size=size, s=20 * MIB, c=c * MIB, d=d * MIB, u=10 * MIB, limits=limits, seed=seed)
+
+
+@pytest.mark.parametrize(("n", "bound"), [(8, 1.75), (16, 1.85), (32, 2.2)])
+def test_a_finite_cdn_seeds_and_peers_carry_the_swarm(n: int, bound: float) -> None:
+    """C = 2D: knowing C, the swarm finishes 2.5x+ sooner than treating the CDN as a source like any other."""
+    seeded = swarm(n, c=20, known=True).run()
+    plain = swarm(n, c=20, known=False).run()
+    assert seeded.ratio <= bound
+    assert plain.ratio / seeded.ratio >= 2.5
+    assert seeded.cdn_bytes <= 4 * F
+    assert seeded.peer_bytes >= (n - 4) * F
+
+
+@pytest.mark.parametrize("n", [8, 16])
+def test_an_unlimited_cdn_still_serves_at_full_speed(n: int) -> None:
+    assert swarm(n, c=1e6, known=False).run().ratio <= 1.1
+    assert swarm(n, c=1e6, known=True).run().ratio <= 1.15
+
+
+def test_the_upload_bound_regime() -> None:
+    """D = 2U: T* = N*F/(C + N*U), bound by what the swarm can upload."""
+    outcome = swarm(8, c=20, known=True, d=20).run()
+    assert outcome.t_star == pytest.approx(8 * 64 / (20 + 80))
+    assert outcome.ratio <= 1.9
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_a_one_piece_file(known: bool) -> None:
+    outcome = swarm(8, c=20, known=known, size=2 * MIB).run()
+    assert len(outcome.finish) == 8
+    assert outcome.t_all <= 1.5
