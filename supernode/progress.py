@@ -102,6 +102,11 @@ class PeerSet:
 _ORPHAN = -1
 
 
+def _average(estimate: float, sample: float) -> float:
+    """Exponential moving average with weight ``CAPACITY_WEIGHT``; the first sample is the estimate."""
+    return sample if not estimate else estimate + CAPACITY_WEIGHT * (sample - estimate)
+
+
 class Run(NamedTuple):
     """A running piece and the load it is counted on.
 
@@ -136,6 +141,8 @@ class PeerProgress:
     clients: dict[tuple[str, str], None] = field(default_factory=dict)
     capacity: float = 0.0
     """Estimated upload capacity in bytes/s (0: not measured yet); see ``ProgressState.update_piece``."""
+    down_capacity: float = 0.0
+    """Estimated download capacity in bytes/s of this peer's clients, measured the same way."""
 
     @property
     def load(self) -> int:
@@ -182,6 +189,8 @@ class ProgressState:
         """The same estimate over every peer's samples: the guess for a peer not measured yet."""
         self.piece_rate = 0.0
         """Moving average of single-piece rates (bytes/s, any source): how fast one flow of a piece moves."""
+        self.down_capacity = 0.0
+        """The download capacity estimate over every client's samples: the guess for one not measured yet."""
 
     # -- lookups (the scheduler reads these records; only this class mutates them) --
 
@@ -377,7 +386,7 @@ class ProgressState:
         run = client.running.pop(piece_num, None)
         if run is not None:
             if size > 0 and status in _HELD and run.dst == dst_pid and run.epoch != _ORPHAN:
-                self._sample(task, run, size, now)
+                self._sample(task, client, run, size, now)
             self._release(task, cid, piece_num, run, now)
         peer = self._peers[client.pid]
         held = status in _HELD
@@ -408,20 +417,26 @@ class ProgressState:
 
     # -- internals --
 
-    def _sample(self, task: TaskProgress, run: Run, size: int, now: float) -> None:
+    def _sample(self, task: TaskProgress, client: ClientProgress, run: Run, size: int, now: float) -> None:
+        """One finished piece: its rate, and the rate times the flows that shared each end of it.
+
+        ``run`` was already taken off the client's running pieces, but not yet off its source's load.
+        """
         seconds = now - run.started
         source = self._peers.get(run.dst)
         if seconds <= 0 or source is None:
             return
         concurrent = task.super_load if run.dst == task.super_pid else source.load
         rate = size / seconds
-        self.piece_rate = rate if not self.piece_rate else self.piece_rate + CAPACITY_WEIGHT * (rate - self.piece_rate)
+        self.piece_rate = _average(self.piece_rate, rate)
         sample = rate * max(concurrent, 1)
-        source.capacity = sample if not source.capacity else \
-            source.capacity + CAPACITY_WEIGHT * (sample - source.capacity)
+        source.capacity = _average(source.capacity, sample)
         if run.dst != task.super_pid:
-            self.peer_capacity = sample if not self.peer_capacity else \
-                self.peer_capacity + CAPACITY_WEIGHT * (sample - self.peer_capacity)
+            self.peer_capacity = _average(self.peer_capacity, sample)
+        down = rate * (len(client.running) + 1)
+        receiver = self._peers[client.pid]
+        receiver.down_capacity = _average(receiver.down_capacity, down)
+        self.down_capacity = _average(self.down_capacity, down)
 
     def _hold(self, peer: PeerProgress, task: TaskProgress, piece_num: int) -> None:
         held = peer.held.get(task.task_id)

@@ -12,8 +12,13 @@ skipped; the CDN is the fallback when no peer qualifies.
 
 Better than Go: among the eligible holders of a piece the least loaded one is chosen (ties at
 random) instead of the first in map order, which spreads uploads over the swarm; and that holder is
-weighed against the CDN by measured throughput and current load (see :func:`_cdn_is_faster`), so a
-client is not handed a crawling upload from a busy peer while the CDN would serve it faster.
+weighed against the CDN by measured throughput and current load (:meth:`_CdnBudget.faster_than`), so
+a client is not handed a crawling upload from a busy peer while the CDN would serve it faster.
+
+With the CDN's upload capacity known (``Limits.cdn_upload_rate``) the CDN is a seed of finite capacity
+(:class:`_CdnBudget`) and clients and sources run only the flows their measured capacities fill
+(:func:`_flow_limits`): the regime of a supernode that shares one NIC with hundreds of nodes, where
+the peers, not the CDN, must carry the swarm.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ _DEFAULT_RNG = random.Random()
 _CDN_START = 2
 """Pieces the CDN sends at once for a task before anything is measured: the first pieces of a swarm are
 the ones everybody waits for, so they go out one or two at a time, each at a client's full speed."""
+
+_FLOWS_START = 2
+"""Pieces a client runs at once, with a finite CDN, before its download capacity is measured."""
 
 _SCAN_LIMIT = 64
 """Intersections whose smaller side has at most this many PIDs are scanned exactly, without probing."""
@@ -56,7 +64,7 @@ def schedule(
     """Hand the client its next pieces and mark them RUNNING on their sources.
 
     Raises ``DfError`` with ``CDN_FAIL`` when the CDN failed a piece, ``PEER_WAIT`` when nothing can
-    be handed out now, ``PEER_CONTINUE`` when the client already runs ``peer_down_limit`` pieces, and
+    be handed out now, ``PEER_CONTINUE`` when the client already runs as many pieces as it may, and
     ``DATA_NOT_FOUND`` for an unknown task or client. The checks run in Go's order.
     """
     rng = rng if rng is not None else _DEFAULT_RNG
@@ -70,7 +78,9 @@ def schedule(
     available.difference_update(client.running)
     if not available:
         raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}")
-    slots = limits.peer_down_limit - len(client.running)
+    seeding = bool(limits.cdn_upload_rate)
+    flows, source_flows = _flow_limits(state, peer) if seeding else (limits.peer_down_limit, limits.peer_up_limit)
+    slots = flows - len(client.running)
     if limit is not None:
         slots = min(slots, limit)
     if slots <= 0:
@@ -85,10 +95,10 @@ def schedule(
         available.intersection_update(free_counts)
 
     assignments: list[Assignment] = []
-    picker = _SourcePicker(task, peer, rng)
+    picker = _SourcePicker(task, peer, rng, source_flows)
     holder_counts, inflight = task.holder_counts, task.inflight
     counts = holder_counts
-    if limits.cdn_upload_rate and inflight:
+    if seeding and inflight:
         counts = {n: holder_counts.get(n, 0) + inflight.get(n, 0) for n in available}
     for num in sort_pieces(available, counts, running_center(client.running), rng):
         if picker.budget <= 0:
@@ -112,6 +122,26 @@ def schedule(
     if not assignments:
         raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: no free source")
     return assignments
+
+
+def _flow_limits(state: ProgressState, peer: PeerProgress) -> tuple[int, int]:
+    """Pieces a client runs at once, and uploads a source runs at once, when the CDN is a seed.
+
+    A piece is of use to the swarm only once it is whole, so with a finite CDN fewer flows that each
+    run at full speed spread pieces sooner than many that share the same links: a client runs as
+    many as it takes to fill its measured download capacity with flows at a source's measured
+    upload capacity, and a source serves as many as its capacity fills at that flow rate. Until
+    both are measured, :data:`_FLOWS_START` and one.
+    """
+    limits = state.limits
+    down = peer.down_capacity or state.down_capacity
+    up = state.peer_capacity
+    if not down or not up:
+        return min(_FLOWS_START, limits.peer_down_limit), 1
+    # a client a quarter short of filling one more source's flow does not open it
+    flows = min(limits.peer_down_limit, max(1, math.ceil(down / up - 0.25)))
+    source_flows = min(limits.peer_up_limit, max(1, round(up * flows / down)))
+    return flows, source_flows
 
 
 class _CdnBudget:
@@ -220,13 +250,14 @@ class _SourcePicker:
     and the cost of one pull never grows with the swarm.
     """
 
-    __slots__ = ("_black", "_me", "_rng", "_task", "budget")
+    __slots__ = ("_black", "_max_load", "_me", "_rng", "_task", "budget")
 
-    def __init__(self, task: TaskProgress, peer: PeerProgress, rng: random.Random) -> None:
+    def __init__(self, task: TaskProgress, peer: PeerProgress, rng: random.Random, max_load: int) -> None:
         self._task = task
         self._me = peer.pid
         self._black = peer.blacklist
         self._rng = rng
+        self._max_load = max_load
         self.budget = _SCAN_BUDGET
 
     def pick(self, holders: PeerSet) -> str | None:
@@ -243,8 +274,8 @@ class _SourcePicker:
             found = [pid for pid in holders.items if pid in free]
         else:
             found = [pid for pid in free if pid in holders.pos]
-        me, black = self._me, self._black
-        found = [pid for pid in found if pid != me and pid not in black]
+        me, black, below = self._me, self._black, self._max_load
+        found = [pid for pid in found if pid != me and pid not in black and free[pid] < below]
         if len(found) <= 1:
             return found[0] if found else None
         least = min(free[pid] for pid in found)
@@ -253,7 +284,7 @@ class _SourcePicker:
 
     def _probe(self, holders: PeerSet) -> str | None:
         me, black, rand = self._me, self._black, self._rng.random
-        for bucket in self._task.free:
+        for bucket in self._task.free[:self._max_load]:
             if not bucket.items:
                 continue
             if len(bucket.items) <= len(holders.items):

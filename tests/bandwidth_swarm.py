@@ -160,8 +160,10 @@ class BandwidthSwarm:
             self._at(self.now + self.latency, "start")
 
     def _changed(self) -> None:
-        """A task change wakes every held pull, as the supernode's TaskChanges does."""
-        for client in self.clients.values():
+        """A task change wakes every held pull, as the supernode's TaskChanges does, in no set order."""
+        held = [c for c in self.clients.values() if c.waiting_since is not None]
+        self.rng.shuffle(held)
+        for client in held:
             if client.waiting_since is not None:
                 client.waiting_since = None
                 self._pull(client)

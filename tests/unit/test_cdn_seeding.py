@@ -81,6 +81,42 @@ def test_a_held_piece_comes_from_a_free_peer_not_the_cdn() -> None:
     assert pull(state, "c0") == [(0, "p2")]
 
 
+def measured(state: ProgressState, *, down: float, up: float) -> None:
+    """c0's peer measured downloading at ``down`` bytes/s in all; a source measured uploading at ``up``."""
+    state.add_peer("src", serves=True)
+    state.add_client("other", "csrc", "src")
+    state.add_client("other", "c0o", "p0")
+    state.cdn_piece_done("other", 1)
+    state.update_piece("other", "csrc", SUPER, 1, SUC, now=0.0)
+    state.start_piece("other", "c0o", 1, "src", now=0.0)
+    state.start_piece("other", "c0o", 0, SUPER, now=0.0)
+    state.update_piece("other", "c0o", "src", 1, SUC, now=PIECE / up, size=PIECE)
+    state.update_piece("other", "c0o", SUPER, 0, SUC, now=2 * PIECE / down, size=PIECE)
+    state.peer_capacity = up
+
+
+def test_a_client_runs_the_flows_that_fill_its_download() -> None:
+    """Download 20 MiB/s, a source 10 MiB/s: two pieces at once, each at a source's full speed."""
+    state = seeded_state(pieces=6, cdn_upload_rate=100 * MIB)
+    measured(state, down=20 * MIB, up=10 * MIB)
+    assert len(pull(state, "c0")) == 2
+    with pytest.raises(DfError) as err:
+        pull(state, "c0")
+    assert err.value.code == DfCode.PEER_CONTINUE
+
+
+def test_a_source_runs_the_uploads_its_capacity_fills() -> None:
+    """A source at 10 MiB/s feeding clients that take 10 MiB/s a flow serves one at a time."""
+    state = seeded_state(pieces=1, cdn_upload_rate=1 * MIB)  # the CDN runs one flow
+    measured(state, down=10 * MIB, up=10 * MIB)
+    state.update_piece(TASK, "c3", SUPER, 0, SUC, now=1.0)
+    assert pull(state, "c1") == [(0, "p3")]
+    state.start_piece(TASK, "c2", 0, SUPER, now=1.0)  # the CDN's one flow is taken
+    with pytest.raises(DfError) as err:
+        pull(state, "c0")
+    assert err.value.code == DfCode.PEER_WAIT, "p3 is busy with c1 and the CDN with c2: c0 waits"
+
+
 def test_pieces_in_flight_are_counted_and_released() -> None:
     state = seeded_state(pieces=2)
     task = state.task(TASK)
@@ -106,15 +142,15 @@ def swarm(n: int, *, c: float, known: bool, d: float = 10, size: int = F, seed: 
     return BandwidthSwarm(n=n, size=size, s=20 * MIB, c=c * MIB, d=d * MIB, u=10 * MIB, limits=limits, seed=seed)
 
 
-@pytest.mark.parametrize(("n", "bound"), [(8, 1.75), (16, 1.85), (32, 2.2)])
+@pytest.mark.parametrize(("n", "bound"), [(8, 1.45), (16, 1.55), (32, 1.65)])
 def test_a_finite_cdn_seeds_and_peers_carry_the_swarm(n: int, bound: float) -> None:
     """C = 2D: knowing C, the swarm finishes 2.5x+ sooner than treating the CDN as a source like any other."""
     seeded = swarm(n, c=20, known=True).run()
     plain = swarm(n, c=20, known=False).run()
     assert seeded.ratio <= bound
     assert plain.ratio / seeded.ratio >= 2.5
-    assert seeded.cdn_bytes <= 4 * F
-    assert seeded.peer_bytes >= (n - 4) * F
+    assert seeded.cdn_bytes <= 3.5 * F
+    assert seeded.peer_bytes >= (n - 3.5) * F
 
 
 @pytest.mark.parametrize("n", [8, 16])
@@ -127,7 +163,7 @@ def test_the_upload_bound_regime() -> None:
     """D = 2U: T* = N*F/(C + N*U), bound by what the swarm can upload."""
     outcome = swarm(8, c=20, known=True, d=20).run()
     assert outcome.t_star == pytest.approx(8 * 64 / (20 + 80))
-    assert outcome.ratio <= 1.9
+    assert outcome.ratio <= 1.75
 
 
 @pytest.mark.parametrize("known", [True, False])
