@@ -137,6 +137,22 @@ async def test_connections_share_one_rate(ports: Ports, session: aiohttp.ClientS
     assert elapsed >= (total - 256 * 1024) / RATE, f"{total} bytes over 3 connections in {elapsed:.2f}s"
 
 
+async def test_a_dropped_connection_stops_drawing_from_the_bucket(ports: Ports,
+                                                                  session: aiohttp.ClientSession) -> None:
+    """Six clients that hang up after 64 KiB of a 4 MiB piece must not keep sending: were they still
+    pacing, a 2 MiB fetch would get 1/7 of RATE and take at least 7 s instead of about 1 s."""
+    url = f"{ports.paced_url}{ports.path}"
+    for _ in range(6):
+        resp = await session.get(url, headers={"Range": f"bytes=0-{PIECE_SIZE - 1}"})
+        await resp.content.readexactly(64 * 1024)
+        resp.close()
+    started = time.monotonic()
+    _, _, body = await ask(session, "GET", url, f"bytes={PIECE_SIZE}-{PIECE_SIZE + 2 * MIB - 1}")
+    elapsed = time.monotonic() - started
+    assert body == wrapped_file(ports.data)[PIECE_SIZE:PIECE_SIZE + 2 * MIB]
+    assert elapsed < 5.0, f"2 MiB took {elapsed:.1f}s at {RATE} B/s: the dropped connections still take turns"
+
+
 def test_aiohttp_sends_file_bodies_through_the_overridden_step() -> None:
     """The private hook, as aiohttp 3.14 has it: the body is sent by ``_sendfile(request, fobj, offset,
     count)``, called from ``_prepare_open_file`` once status, headers and range are settled."""
