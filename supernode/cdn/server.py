@@ -3,7 +3,8 @@
 dfget asks for ``/download/{id[:3]}/{id}`` with ``Range: bytes=start-end`` and announces the last
 piece at full size, so ranges past the end are clamped (206), as nginx does for the Go supernode.
 aiohttp's ``FileResponse`` does the range arithmetic and uses ``sendfile``, so bytes go from the page
-cache to the socket without passing through Python. A piece may be requested while the CDN is still
+cache to the socket without passing through Python (on the standard event loop: uvloop has no
+``loop.sendfile``, and aiohttp then copies the file in chunks). A piece may be requested while the CDN is still
 writing later ones: the file's current size is what can be served.
 
 With ``cdn_rate_limit`` set, the bytes go out through the port's one :class:`EgressLimiter`; aiohttp
