@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bandwidth", dest="max_bandwidth", help="total bandwidth, e.g. 200M (default 200M)")
     p.add_argument("--system-bandwidth", dest="system_bandwidth",
                    help="bandwidth kept for the system, e.g. 20M (default 20M)")
+    p.add_argument("--cdn-rate-limit", dest="cdn_rate_limit",
+                   help="total rate of the CDN piece port, all connections together, e.g. 100M (bytes/s; "
+                        "default 0: unlimited)")
     p.add_argument("--api-token-file", dest="api_token_file",
                    help="file with the bearer token that state-changing REST and preheat calls must send "
                         "(a mounted Secret; the token itself is SUPERNODE_API_TOKEN or api_token in the config "

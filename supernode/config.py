@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     failure_count_limit: int = Field(5, ge=0)
     max_bandwidth: Size = 200 * 1024**2
     system_bandwidth: Size = 20 * 1024**2
+    cdn_rate_limit: Size = Field(0, description="total rate at which the download port sends piece bytes, all "
+                                 "connections together (bytes per second, e.g. 100M); 0: unlimited")
 
     fail_access_interval: Duration = 180.0
     gc_initial_delay: Duration = 6.0
@@ -155,6 +157,15 @@ class Settings(BaseSettings):
     def cdn_rate(self) -> int:
         """Bytes per second the CDN may take from origins (Go: max - reserved, never below 1 MiB/s)."""
         return max(self.max_bandwidth - self.system_bandwidth, 1024**2)
+
+    @property
+    def cdn_egress_rate(self) -> int | None:
+        """The download port's total egress rate in bytes per second, ``None`` when unlimited.
+
+        The one place that knows ``cdn_rate_limit`` = 0 means unlimited: the piece server's bucket and
+        the scheduler's notion of the CDN's capacity both read this.
+        """
+        return self.cdn_rate_limit or None
 
     @property
     def repo_dir(self) -> Path:

@@ -22,9 +22,10 @@ Compatibility notes:
 
 Extensions beyond v1 (same ``dragonfly_supernode_`` namespace, documented on each attribute below):
 ``source_bytes_total``, ``pieces_served_total{source}``, ``pieces_served_bytes_total{source}``,
-``cdn_served_bytes_total``, ``tasks_failed_total{reason}``, ``cdn_cache_verify_failed_total`` and the
-preheat metrics ``preheats{type,status}``, ``preheats_finished_total{type,status}``,
-``preheat_duration_seconds{type,status}`` and ``preheat_bytes_total{type}``.
+``cdn_served_bytes_total``, ``cdn_rate_limit_bytes``, ``tasks_failed_total{reason}``,
+``cdn_cache_verify_failed_total`` and the preheat metrics ``preheats{type,status}``,
+``preheats_finished_total{type,status}``, ``preheat_duration_seconds{type,status}`` and
+``preheat_bytes_total{type}``.
 None of them uses a high-cardinality label: ``source`` and ``reason`` take values from the small
 fixed sets :data:`PIECE_SOURCES` and :data:`TASK_FAILURE_REASONS`.
 """
@@ -289,6 +290,13 @@ class Metrics:
         self.cdn_served_bytes_total = Counter(
             "cdn_served_bytes_total", "Bytes sent by the CDN download port. Extension beyond v1.",
             namespace=ns, subsystem=sub, registry=reg,
+        )
+        #: EXTENSION ``dragonfly_supernode_cdn_rate_limit_bytes``: the configured total egress rate of
+        #: the download port (``cdn_rate_limit``) in bytes per second, 0 when unlimited; set once at
+        #: start, so ``rate(cdn_served_bytes_total) / cdn_rate_limit_bytes`` is the port's utilisation.
+        self.cdn_rate_limit_bytes = Gauge(
+            "cdn_rate_limit_bytes", "Configured egress rate limit of the CDN download port in bytes per second "
+            "(0: unlimited). Extension beyond v1.", namespace=ns, subsystem=sub, registry=reg,
         )
         #: EXTENSION ``dragonfly_supernode_tasks_failed_total{reason}``, reason in
         #: :data:`TASK_FAILURE_REASONS` (use :meth:`task_failed` to map anything else to ``other``).

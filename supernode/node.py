@@ -43,6 +43,10 @@ class Supernode:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics(__version__)
+        #: The download port's total egress rate C in bytes per second, None when unlimited: the piece
+        #: server paces to it, and the scheduler's view of the CDN's capacity should read it from here.
+        self.cdn_egress_rate: int | None = settings.cdn_egress_rate
+        self.metrics.cdn_rate_limit_bytes.set(self.cdn_egress_rate or 0)
         self.store = CacheStore(settings.repo_dir)
         self.peers = PeerRegistry()
         self.progress = ProgressState(Limits(
@@ -103,7 +107,8 @@ class Supernode:
         # The download port stays plain HTTP: dfget 1.0.x fetches pieces with http:// URLs only.
         tls = server_ssl_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
         for app, port, ssl_context in ((self.api_app(), s.port, tls),
-                                       (build_download_app(self.store, self.metrics), s.download_port, None)):
+                                       (build_download_app(self.store, self.metrics, self.cdn_egress_rate),
+                                        s.download_port, None)):
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             self._runners.append(runner)

@@ -1,8 +1,10 @@
 """A token bucket shared by everything that must stay under one byte rate.
 
 The CDN's origin traffic is capped at ``max_bandwidth - system_bandwidth`` in total, not per task, so
-all downloads draw from one bucket. Waiting is proportional to the deficit, so a burst of small
-chunks costs no more wake-ups than one large read.
+all downloads draw from one bucket; the download port's egress (``cdn_rate_limit``) is one bucket for
+all connections in the same way (:mod:`supernode.cdn.egress`). Waiting is proportional to the deficit,
+so a burst of small chunks costs no more wake-ups than one large read. Waiters hold the lock while
+they sleep, so they are served in arrival order (asyncio's lock is FIFO).
 """
 
 from __future__ import annotations

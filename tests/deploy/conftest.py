@@ -63,6 +63,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
             "resources": {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"cpu": "4", "memory": "4Gi"}},
             "persistence": {"storageClass": "fast-ssd", "size": "500Gi"},
             "config": {"max_bandwidth": "1G", "cdn_task_limit": 8},
+            "cdnRateLimit": "400M",
             "extraEnv": [{"name": "SUPERNODE_DEBUG", "value": "true"}],
             "podDisruptionBudget": {"enabled": True},
             "service": {"type": "LoadBalancer", "annotations": {"example.com/lb": "internal"}},

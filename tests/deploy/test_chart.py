@@ -252,6 +252,9 @@ BAD_VALUES = {
     "relative home": {"supernode": {"homeDir": "cache"}},
     "env without name": {"supernode": {"extraEnv": [{"value": "x"}]}},
     "cache size": {"supernode": {"persistence": {"size": "lots"}}},
+    "cdn rate limit not a size": {"supernode": {"cdnRateLimit": "fast"}},
+    "cdn rate limit in bits": {"supernode": {"cdnRateLimit": "100Mbit"}},
+    "cdn rate limit as a number": {"supernode": {"cdnRateLimit": 100}},  # a size is a string, as totalLimit
 }
 
 
@@ -365,7 +368,26 @@ def test_supernode_settings_parse_the_rendered_flags_and_env(renders: dict[str, 
     assert str(settings.home_dir) == "/var/lib/dragonfly/supernode"
     assert settings.advertise_ip == "10.1.2.3"
     assert settings.max_bandwidth == 1024**3 and settings.cdn_task_limit == 8
+    assert settings.cdn_egress_rate == 400 * 1024**2
     assert settings.debug is True
+
+
+def test_cdn_rate_limit_flag_only_when_set(renders: dict[str, Rendered], render: Any) -> None:
+    """Unset, no flag: a ``cdn_rate_limit`` in ``config`` or ``extraEnv`` stays in force; "0" is passed as
+    given and means unlimited."""
+    from supernode.cli import _parser
+    from supernode.config import load_settings
+
+    def args(out: Rendered, name: str = FULL) -> list[str]:
+        (container,) = out.one("StatefulSet", name)["spec"]["template"]["spec"]["containers"]
+        return list(container["args"])
+
+    assert not [a for a in args(renders["defaults"]) if a.startswith("--cdn-rate-limit")]
+    assert "--cdn-rate-limit=400M" in args(renders["custom"], "p2p")
+    flags = vars(_parser().parse_args(args(render({"supernode": {"cdnRateLimit": "0"}}))))
+    assert flags["cdn_rate_limit"] == "0"
+    flags.pop("config", None)
+    assert load_settings(None, advertise_ip="10.1.2.3", **flags).cdn_egress_rate is None
 
 
 def test_custom_image_resources_and_storage(renders: dict[str, Rendered]) -> None:
