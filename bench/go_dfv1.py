@@ -81,6 +81,7 @@ class NginxCounts:
     bytes_sent: int = 0
     pieces: int = 0
     requests: int = 0
+    not_found: int = 0
 
 
 def nginx_counts(work: Path) -> NginxCounts:
@@ -98,6 +99,7 @@ def nginx_counts(work: Path) -> NginxCounts:
         counts.bytes_sent += sent
         if 200 <= status < 300 and sent > 0:
             counts.pieces += 1
+        counts.not_found += status == 404
     return counts
 
 
@@ -136,6 +138,20 @@ def go_dfget_pieces(home: Path) -> GoPieces:
             out.peer_bytes += length - WRAP
             out.peer_seconds += seconds
     return out
+
+
+def go_supernode_events(home: Path) -> dict[str, int]:
+    """Counts of Go supernode log records that explain an origin/F above 1: CDN (re)starts and task GCs.
+
+    Peers registering at the same moment start the CDN twice; the second start resets the repo (deletes the
+    file nginx is serving), a piece read then gets 404, dfget reports FILE_NOT_EXIST and the supernode drops
+    the task, so every dfget falls back to the source.
+    """
+    log = home / "logs" / "app.log"
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return {"cdn_repo_resets": text.count("reset repo for taskID"),
+            "cdn_downloads_started": text.count("start to download for taskId"),
+            "tasks_gc_file_missing": text.count("file data doesn't exist, start to gc this task")}
 
 
 _COST = re.compile(r"download SUCCESS cost:([0-9.]+)s")

@@ -318,16 +318,12 @@ async def start_go_supernode(children: Children, home: Path, extra: list[str]) -
     raise RuntimeError(f"nginx did not listen on {cdn}: {(home / 'nginx.out').read_text(errors='replace')}")
 
 
-async def start_uploader(children: Children, cfg: Config, ip: str, home: Path, go: bool) -> None:
-    """The node's uploader, before the clock: ours (``dfget server``) or Go's (same subcommand, own flags)."""
-    if go:
-        argv = [str(go_dfv1.go_binary(ROOT, "dfget")), "server", "--ip", ip, "--port", "0", "--home", str(home),
-                "--meta", str(home / "meta" / "host.meta"), "--data", str(home / "data"), "--alivetime", "5m",
-                "--expiretime", "5m", *(["--verbose"] if cfg.trace else [])]
-    else:
-        argv = [*cfg.dfget, "server", "--ip", ip, "--home", str(home), "--totallimit", f"{cfg.up:g}M",
-                "--alivetime", "5m", "--expiretime", "5m", *(["--verbose"] if cfg.trace else [])]
-    proc = await children.start(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+async def start_uploader(children: Children, cfg: Config, ip: str, home: Path) -> None:
+    """Our node's uploader (``dfget server``), started before the clock as a DaemonSet would have it."""
+    proc = await children.start(*cfg.dfget, "server", "--ip", ip, "--home", str(home), "--totallimit",
+                                f"{cfg.up:g}M", "--alivetime", "5m", "--expiretime", "5m",
+                                *(["--verbose"] if cfg.trace else []),
+                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     line = await _first_line(proc)
     if not line.split()[-1:] or not line.split()[-1].isdigit():
         raise RuntimeError(f"uploader on {ip} did not start: {line!r}")
@@ -373,8 +369,10 @@ async def _p2p(cfg: Config, work: Path, children: Children, url: str, api: int) 
     homes = [work / f"node-{ip}" for ip in ips]
     go = [cfg.peer_is_go(i) for i in range(cfg.n)]
     if cfg.prestart:
-        await asyncio.gather(*(start_uploader(children, cfg, ip, home, g)
-                               for ip, home, g in zip(ips, homes, go, strict=True)))
+        # Go dfget starts its own uploader whatever runs already (at times a second one beside a prestarted
+        # one, whose disk GC then deletes the file being downloaded): Go peers always start their own.
+        await asyncio.gather(*(start_uploader(children, cfg, ip, home)
+                               for ip, home, g in zip(ips, homes, go, strict=True) if not g))
     started = time.monotonic()
 
     async def one(ip: str, home: Path, is_go: bool) -> PeerResult:
@@ -454,7 +452,9 @@ def _cdn_counts(cfg: Config, work: Path, sn_metrics: dict[str, float], peers: li
             "pieces_from": "CDN: nginx 2xx requests; peers: Go dfget logs (null when some peers run our dfget)",
             "go_pieces_downloaded_size_bytes": sn_metrics.get(
                 "dragonfly_supernode_pieces_downloaded_size_bytes_total"),
-            "go_cdn_download_size_bytes": sn_metrics.get("dragonfly_supernode_cdn_download_size_bytes_total")}
+            "go_cdn_download_size_bytes": sn_metrics.get("dragonfly_supernode_cdn_download_size_bytes_total"),
+            "go_supernode_log": go_dfv1.go_supernode_events(work / "gosn"),
+            "nginx_404s": nginx.not_found}
 
 
 async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
@@ -512,7 +512,8 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
         "supernode": cfg.supernode if cfg.p2p else "", "dfget_kind": cfg.dfget_kind if cfg.p2p else "",
         "dfget": " ".join(shlex.quote(a) for a in cfg.dfget) if cfg.p2p and cfg.dfget_kind != "go" else "",
         "supernode_args": (cfg.go_supernode_args if cfg.supernode == "go" else cfg.supernode_args) if cfg.p2p else [],
-        "prestarted_uploaders": cfg.prestart and cfg.p2p,
+        # our peers' uploaders; a Go peer's is always started by its dfget
+        "prestarted_uploaders": cfg.prestart and cfg.p2p and cfg.dfget_kind != "go",
         "c_mib_s": cfg.cdn_rate if limited else None,
         "cdn_limit": (f"tc htb on lo of a private netns, packets from the piece port, burst "
                       f"{netns.burst_bytes(cfg.cdn_rate)} B") if limited else "none (C = inf)",
