@@ -71,8 +71,9 @@ SUPERNODE_COLOURS = {"ours": "#1f77b4", "go": "#ff7f0e"}
 DFGET_MARKERS = {"ours": "o", "go": "s", "mixed": "^"}
 
 
-def _series(r: dict[str, Any]) -> tuple[str, str, float | None]:
-    return r.get("supernode") or "ours", r.get("dfget_kind") or "ours", r.get("c_mib_s")
+def _series(r: dict[str, Any]) -> tuple[str, str, float | None, float, float]:
+    return (r.get("supernode") or "ours", r.get("dfget_kind") or "ours", r.get("c_mib_s"), r["down_mib_s"],
+            r["up_mib_s"])
 
 
 def plot_compare(results: list[dict[str, Any]], out: Path) -> None:
@@ -83,15 +84,20 @@ def plot_compare(results: list[dict[str, Any]], out: Path) -> None:
     keys = sorted({_series(r) for r in runs}, key=lambda k: (k[0], k[1], k[2] is None, k[2] or 0))
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
     first = runs[0]
-    fig.suptitle(f"F = {first['size_mib']:g} MiB, origin S = {first['origin_rate_mib_s']:g} MiB/s, peers D = "
-                 f"{first['down_mib_s']:g} / U = {first['up_mib_s']:g} MiB/s; C = CDN port limit (tc), inf = none")
+    rates = {(k[3], k[4]) for k in keys}
+    peers = (f"peers D = {first['down_mib_s']:g} / U = {first['up_mib_s']:g} MiB/s" if len(rates) == 1
+             else "peers' D / U per series")
+    fig.suptitle(f"F = {first['size_mib']:g} MiB, origin S = {first['origin_rate_mib_s']:g} MiB/s, {peers}; "
+                 f"C = CDN port limit (tc), inf = none")
     width = 0.6 / max(len(keys), 1)
     for index, key in enumerate(keys):
-        supernode, dfget, c = key
+        supernode, dfget, c, down, up = key
         mine = sorted((r for r in runs if _series(r) == key), key=lambda r: r["n"])
         colour = SUPERNODE_COLOURS.get(supernode, "grey")
         style = "-" if c is not None else "--"
         name = f"{supernode} supernode, {dfget} dfget, C = {'inf' if c is None else f'{c:g}'}"
+        if len(rates) > 1:
+            name += f", D = {down:g}, U = {up:g}"
         shift = (index - (len(keys) - 1) / 2) * width
         by_n: dict[int, list[dict[str, Any]]] = {}
         for r in mine:

@@ -20,8 +20,9 @@ is reported (``cdn/F`` and its mean rate) so the P2P share is visible.
 
 ``--supernode go`` runs the Go supernode (``$DF_SHARED/dfv1/bin``, default ``<repo>/../shared``) with nginx
 on its download port (the limit then applies to nginx's port); ``both`` runs ours, then Go, for every N.
-``--dfget go`` makes every peer a Go dfget, ``mixed`` alternates Go and ours. The Go programs listen on
-every interface, so they always run in a private namespace (``--netns`` is implied).
+``--dfget go`` makes every peer a Go dfget, ``mixed`` alternates Go and ours; a Go dfget always starts its
+own uploader (the run stops it at the end). The Go programs listen on every interface, so they always run
+in a private namespace (``--netns`` is implied).
 
 ``--no-p2p`` is the baseline: N plain HTTP clients, each limited to D, fetch from the origin directly.
 
