@@ -1,25 +1,37 @@
 """Swarm benchmark: N dfget peers fetch one file through a real supernode, against the physical limit.
 
 Everything runs on loopback: the origin (``bench/origin.py``, GLOBAL limit S MiB/s, counts its bytes),
-a real ``supernode`` process, and N peers, each a real dfget process with its own 127.0.0.x address
-and work home, limited to D MiB/s down (``-s``) and U MiB/s up (``--totallimit``). Each peer's
-uploader (``dfget server``) is started before the clock starts, as on nodes where it already runs
-(a DaemonSet); ``--no-prestart`` lets dfget start it itself (its start-up then counts).
+a real supernode, and N peers, each a real dfget process with its own 127.0.0.x address and work home,
+limited to D MiB/s down (``-s``) and U MiB/s up (``--totallimit``). Each peer's uploader (``dfget
+server``) is started before the clock starts, as on nodes where it already runs (a DaemonSet);
+``--no-prestart`` lets dfget start it itself (its start-up then counts).
 
 The fluid-model lower bound of the time until the last peer has the file is
 
     T* = max(F/S, F/D, N*F/(C + N*U))
 
-C, the supernode's own upload capacity: the download port is not rate limited (``sendfile`` on
-loopback, far above the peers' D), so C = infinity and the third term is F/U, which never binds when
-U >= D. This is the strictest bound (the smallest T*). What the CDN actually served is reported
-(``cdn_bytes/F`` and its mean rate) so the P2P share is visible.
+C is the upload capacity of the supernode's piece port (the CDN, its ``--download-port``). Without
+``--cdn-rate`` nothing limits it (``sendfile`` on loopback, far above the peers' D): C = infinity and the
+third term is F/U. ``--cdn-rate C`` limits it OUTSIDE the supernode: the whole run moves into a private
+network namespace (``unshare -n``, only ``lo``), where an HTB class of rate C on ``lo`` takes every packet
+whose source port is the piece port (``bench/netns.py``; ``--selftest-tc`` checks the achieved rate with
+curl). ``--netns`` runs in such a namespace without a limit, for comparison. What the CDN actually served
+is reported (``cdn/F`` and its mean rate) so the P2P share is visible.
+
+``--supernode go`` runs the Go supernode (``$DF_SHARED/dfv1/bin``, default ``<repo>/../shared``) with nginx
+on its download port (the limit then applies to nginx's port); ``both`` runs ours, then Go, for every N.
+``--dfget go`` makes every peer a Go dfget, ``mixed`` alternates Go and ours; a Go dfget always starts its
+own uploader (the run stops it at the end). The Go programs listen on every interface, so they always run
+in a private namespace (``--netns`` is implied).
 
 ``--no-p2p`` is the baseline: N plain HTTP clients, each limited to D, fetch from the origin directly.
 
     python bench/swarm.py --n 8,16 --size 64 --origin-rate 20 --down 10 --up 10
     python bench/swarm.py --n 8 --no-p2p
-    python bench/swarm.py --n 8 --dfget /usr/local/bin/dfget --no-prestart   # any dfget-compatible binary
+    python bench/swarm.py --n 8 --cdn-rate 20 --supernode both --dfget go
+    python bench/swarm.py --n 8 --down 20 --up 10 --cdn-rate 20          # upload-bound: T* = N*F/(C+N*U)
+    python bench/swarm.py --selftest-tc --cdn-rate 20
+    python bench/swarm.py --n 8 --dfget /usr/local/bin/dfget --no-prestart   # a binary with our dfget's flags
 
 The machine must be quiet: every peer is two Python processes, and CPU contention (2 cores shared
 with anything else) shows up as time. Each result records the 1-minute load average before and
@@ -35,6 +47,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -59,6 +72,8 @@ RESULTS = BENCH / "results"
 MIB = 1024 * 1024
 sys.path.insert(0, str(BENCH))
 
+import go_dfv1  # noqa: E402
+import netns  # noqa: E402
 from origin import GlobalBucket, file_md5  # noqa: E402
 
 _HANDED_OUT: set[int] = set()
@@ -85,6 +100,9 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
+OUR_DFGET = [sys.executable, "-m", "dfget"]
+
+
 @dataclass
 class Config:
     n: int
@@ -93,15 +111,34 @@ class Config:
     down: float
     up: float
     p2p: bool = True
-    dfget: list[str] = field(default_factory=lambda: [sys.executable, "-m", "dfget"])
+    dfget: list[str] = field(default_factory=lambda: list(OUR_DFGET))
+    """Our dfget's command line, or any binary with its flags (``dfget server`` included)."""
+    dfget_kind: str = "ours"
+    """``ours`` (every peer runs ``dfget``), ``go`` (every peer runs the Go dfget), ``mixed`` (alternating)."""
+    supernode: str = "ours"
+    """``ours`` or ``go`` (the Go supernode with nginx on its download port)."""
     prestart: bool = True
     supernode_args: list[str] = field(default_factory=list)
+    go_supernode_args: list[str] = field(default_factory=list)
+    cdn_rate: float = float("inf")
+    """C in MiB/s: the tc limit on the bytes the piece port sends (inf: none)."""
+    netns: bool = False
     timeout: float = 0.0
     trace: bool = False
 
     def label(self) -> str:
         mode = "p2p" if self.p2p else "http"
-        return f"{mode}-n{self.n}-f{self.size_mib:g}-s{self.origin_rate:g}-d{self.down:g}-u{self.up:g}"
+        who = f"-sn_{self.supernode}-dfget_{self.dfget_kind}" if self.p2p else ""
+        limit = f"-c{self.cdn_rate:g}" if self.cdn_rate != float("inf") and self.p2p else ""
+        return (f"{mode}{who}-n{self.n}-f{self.size_mib:g}-s{self.origin_rate:g}-d{self.down:g}-u{self.up:g}"
+                f"{limit}")
+
+    def peer_is_go(self, index: int) -> bool:
+        return self.dfget_kind == "go" or (self.dfget_kind == "mixed" and index % 2 == 0)
+
+    def bound(self) -> float:
+        return t_star(self.n, self.size_mib, self.origin_rate, self.down, self.up,
+                      self.cdn_rate if self.p2p else float("inf"))
 
 
 @dataclass
@@ -115,35 +152,100 @@ class PeerResult:
     from_source_mib: float = 0.0
     dfget_seconds: float = 0.0
     """The download time dfget itself reports (from registration on: no process start-up)."""
+    dfget: str = "ours"
+    """Which dfget this peer ran: ``ours`` or ``go``."""
+    pieces_from_supernode: int | None = None
+    pieces_from_peers: int | None = None
+    """Pieces by source as the Go dfget logged them (our dfget reports bytes only)."""
 
 
 # ---------------------------------------------------------------------------------------------- processes
 
 
 class Children:
-    """Every process this run started, stopped (by pid) at the end, whatever happens."""
+    """Every process this run started, stopped (by pid) at the end, whatever happens.
+
+    A child started with ``group=True`` leads its own process group (nginx and its worker), and the
+    whole group is signalled.
+    """
 
     def __init__(self) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
+        self.groups: set[int] = set()
 
-    async def start(self, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    async def start(self, *argv: str, group: bool = False, **kwargs: Any) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(*argv, env=_env(), stdin=asyncio.subprocess.DEVNULL,
-                                                    **kwargs)
+                                                    start_new_session=group, **kwargs)
         self.procs.append(proc)
+        if group:
+            self.groups.add(proc.pid)
         return proc
+
+    def _signal(self, proc: asyncio.subprocess.Process, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if proc.pid in self.groups:
+                os.killpg(proc.pid, sig)
+            elif proc.returncode is None:
+                proc.send_signal(sig)
 
     async def stop_all(self) -> None:
         for proc in reversed(self.procs):
             if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
+                self._signal(proc, signal.SIGTERM)
         for proc in reversed(self.procs):
             try:
                 await asyncio.wait_for(proc.wait(), 10)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                self._signal(proc, signal.SIGKILL)
                 await proc.wait()
+            if proc.pid in self.groups:  # workers outliving their master
+                self._signal(proc, signal.SIGKILL)
+
+
+def _argv(pid: int) -> list[str]:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    return []
+
+
+def _daemon_pids(homes: list[Path]) -> list[int]:
+    wanted = {str(home) for home in homes}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            argv = _argv(int(entry.name))
+            if "server" in argv and any(a == "--home" and b in wanted for a, b in itertools.pairwise(argv)):
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pids: list[int]) -> bool:
+    return any(_argv(pid) for pid in pids)  # a zombie (or a gone process) has no command line
+
+
+async def stop_node_daemons(homes: list[Path]) -> list[str]:
+    """Stop the uploader daemons dfget started itself for these homes (Go's and ours: own process groups).
+
+    They are not this run's children: each was started by a dfget, in its own session, and would live
+    for ``--alivetime``. They are found by their ``--home`` argument, one of this run's own temporary
+    directories, so nothing else matches. Returns their command lines.
+    """
+    found = await asyncio.to_thread(_daemon_pids, homes)
+    lines = [f"{pid}: {' '.join(_argv(pid))}" for pid in found]
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not _running(found):
+            break
+        await asyncio.sleep(0.05)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return lines
 
 
 async def _first_line(proc: asyncio.subprocess.Process, within: float = 20.0) -> str:
@@ -161,6 +263,21 @@ async def start_origin(children: Children, size: int, rate: int) -> int:
     return int(line.rpartition(" ")[2])
 
 
+async def _wait_ping(api: int, log: Path, what: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(400):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{api}/_ping") as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer /_ping:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.is_file() else ""
+
+
 async def start_supernode(children: Children, home: Path, extra: list[str]) -> tuple[int, int]:
     api, cdn = free_port(), free_port()
     log = (home / "supernode.log").open("wb")
@@ -168,18 +285,42 @@ async def start_supernode(children: Children, home: Path, extra: list[str]) -> t
                          "--download-port", str(cdn), "--advertise-ip", "127.0.0.1", "--listen-host", "127.0.0.1",
                          "--max-bandwidth", "100G", *extra, stdout=log, stderr=log)
     log.close()
-    async with aiohttp.ClientSession() as http:
-        for _ in range(400):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"http://127.0.0.1:{api}/_ping") as r:
-                    if r.status == 200:
-                        return api, cdn
-            await asyncio.sleep(0.05)
-    tail = (home / "supernode.log").read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"supernode did not answer /_ping:\n{tail}")
+    await _wait_ping(api, home / "supernode.log", "supernode")
+    return api, cdn
+
+
+async def start_go_supernode(children: Children, home: Path, extra: list[str]) -> tuple[int, int]:
+    """The Go supernode, and nginx on its download port serving its ``{home-dir}/repo`` (as upstream deploys it).
+
+    Same limits as ours where the Go flags exist: ``--max-bandwidth 100G`` (the source fetch is not what is
+    measured); ``--up-limit``/``--down-limit`` have the same defaults in both (5 and 4).
+    """
+    api, cdn = free_port(), free_port()
+    sn_home = home / "gosn"
+    (sn_home / "repo").mkdir(parents=True)
+    conf = go_dfv1.nginx_conf(home, cdn, sn_home / "repo")
+    nginx_log = (home / "nginx.out").open("wb")
+    await children.start(go_dfv1.nginx_binary(), "-c", str(conf), "-p", str(conf.parent), "-e",
+                         str(conf.parent / "error.log"), group=True, stdout=nginx_log, stderr=nginx_log)
+    nginx_log.close()
+    config = home / "go-supernode.yml"  # empty: no /etc/dragonfly/supernode.yml of the machine leaks in
+    config.write_text("")
+    log = (home / "supernode.log").open("wb")
+    await children.start(str(go_dfv1.go_binary(ROOT, "supernode")), "--home-dir", str(sn_home), "--port", str(api),
+                         "--download-port", str(cdn), "--advertise-ip", "127.0.0.1", "--max-bandwidth", "100G",
+                         "--config", str(config), *extra, stdout=log, stderr=log)
+    log.close()
+    await _wait_ping(api, home / "supernode.log", "Go supernode")
+    for _ in range(200):  # nginx: any answer on the port (404 for /) means it serves
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", cdn), timeout=1).close()
+            return api, cdn
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"nginx did not listen on {cdn}: {(home / 'nginx.out').read_text(errors='replace')}")
 
 
 async def start_uploader(children: Children, cfg: Config, ip: str, home: Path) -> None:
+    """Our node's uploader (``dfget server``), started before the clock as a DaemonSet would have it."""
     proc = await children.start(*cfg.dfget, "server", "--ip", ip, "--home", str(home), "--totallimit",
                                 f"{cfg.up:g}M", "--alivetime", "5m", "--expiretime", "5m",
                                 *(["--verbose"] if cfg.trace else []),
@@ -227,17 +368,24 @@ def _md5(path: Path) -> str:
 async def _p2p(cfg: Config, work: Path, children: Children, url: str, api: int) -> list[PeerResult]:
     ips = [f"127.0.0.{2 + i}" for i in range(cfg.n)]
     homes = [work / f"node-{ip}" for ip in ips]
+    go = [cfg.peer_is_go(i) for i in range(cfg.n)]
     if cfg.prestart:
-        await asyncio.gather(*(start_uploader(children, cfg, ip, home) for ip, home in zip(ips, homes, strict=True)))
+        # Go dfget starts its own uploader whatever runs already (at times a second one beside a prestarted
+        # one, whose disk GC then deletes the file being downloaded): Go peers always start their own.
+        await asyncio.gather(*(start_uploader(children, cfg, ip, home)
+                               for ip, home, g in zip(ips, homes, go, strict=True) if not g))
     started = time.monotonic()
 
-    async def one(ip: str, home: Path) -> PeerResult:
+    async def one(ip: str, home: Path, is_go: bool) -> PeerResult:
         out = work / "out" / f"{ip}.bin"
         log = (work / f"{ip}.stdout").open("wb")
+        binary = [str(go_dfv1.go_binary(ROOT, "dfget"))] if is_go else cfg.dfget
         proc = await children.start(
-            *cfg.dfget, "-u", url, "-o", str(out), "--ip", ip, "--home", str(home), "--node", f"127.0.0.1:{api}",
+            *binary, "-u", url, "-o", str(out), "--ip", ip, "--home", str(home), "--node", f"127.0.0.1:{api}",
             "-s", f"{cfg.down:g}M", "--totallimit", f"{cfg.up:g}M", "--timeout", f"{cfg.timeout:g}s",
-            "--alivetime", "5m", cwd=work, stdout=log, stderr=asyncio.subprocess.STDOUT)
+            # Go dfget logs each piece read only at debug level: --verbose, to count them by source
+            "--alivetime", "5m", *(["--verbose"] if is_go else []), cwd=work, stdout=log,
+            stderr=asyncio.subprocess.STDOUT)
         log.close()
         try:
             code = await asyncio.wait_for(proc.wait(), cfg.timeout + 15)
@@ -246,13 +394,24 @@ async def _p2p(cfg: Config, work: Path, children: Children, url: str, api: int) 
             code = await proc.wait()
         seconds = time.monotonic() - started
         text = (work / f"{ip}.stdout").read_text(errors="replace")
-        counts = _counts(text)
-        own = re.search(r" in ([0-9.]+)s \(", text)
-        return PeerResult(ip, seconds, code == 0, "" if code == 0 else f"exit {code}: {text[-600:]}",
-                          counts.get("peers", 0.0), counts.get("supernode", 0.0), counts.get("source", 0.0),
-                          float(own.group(1)) if own else 0.0)
+        result = PeerResult(ip, seconds, code == 0, "" if code == 0 else f"exit {code}: {text[-600:]}",
+                            dfget="go" if is_go else "ours")
+        if is_go:
+            pieces = go_dfv1.go_dfget_pieces(home)
+            result.pieces_from_supernode, result.pieces_from_peers = pieces.from_supernode, pieces.from_peers
+            result.from_supernode_mib = round(pieces.supernode_bytes / MIB, 3)
+            result.from_peers_mib = round(pieces.peer_bytes / MIB, 3)
+            result.from_source_mib = cfg.size_mib if go_dfv1.went_to_source(text) else 0.0
+            result.dfget_seconds = go_dfv1.go_dfget_seconds(text)
+        else:
+            counts = _counts(text)
+            own = re.search(r" in ([0-9.]+)s \(", text)
+            result.from_peers_mib, result.from_supernode_mib = counts.get("peers", 0.0), counts.get("supernode", 0.0)
+            result.from_source_mib = counts.get("source", 0.0)
+            result.dfget_seconds = float(own.group(1)) if own else 0.0
+        return result
 
-    return list(await asyncio.gather(*(one(ip, home) for ip, home in zip(ips, homes, strict=True))))
+    return list(await asyncio.gather(*(one(ip, home, g) for ip, home, g in zip(ips, homes, go, strict=True))))
 
 
 async def _http(cfg: Config, work: Path, url: str) -> list[PeerResult]:
@@ -277,23 +436,54 @@ async def _http(cfg: Config, work: Path, url: str) -> list[PeerResult]:
     return list(await asyncio.gather(*(one(i) for i in range(cfg.n))))
 
 
+def _cdn_counts(cfg: Config, work: Path, sn_metrics: dict[str, float], peers: list[PeerResult]) -> dict[str, Any]:
+    """What the CDN served: ours from its own metrics, Go's from nginx's access log (the Go supernode does
+    not serve the bytes) and its dfget peers' logs."""
+    if cfg.supernode == "ours":
+        return {"cdn_bytes": sn_metrics.get("dragonfly_supernode_cdn_served_bytes_total", 0.0),
+                "cdn_bytes_from": "supernode metric dragonfly_supernode_cdn_served_bytes_total",
+                "pieces_from_peers": sn_metrics.get('dragonfly_supernode_pieces_served_total{source="peer"}', 0.0),
+                "pieces_from_cdn": sn_metrics.get('dragonfly_supernode_pieces_served_total{source="cdn"}', 0.0),
+                "pieces_from": "supernode metric dragonfly_supernode_pieces_served_total{source}"}
+    nginx = go_dfv1.nginx_counts(work)
+    logged = [p.pieces_from_peers for p in peers]
+    return {"cdn_bytes": float(nginx.bytes_sent), "cdn_bytes_from": "nginx access log ($body_bytes_sent)",
+            "pieces_from_peers": float(sum(x for x in logged if x is not None)) if None not in logged else None,
+            "pieces_from_cdn": float(nginx.pieces),
+            "pieces_from": "CDN: nginx 2xx requests; peers: Go dfget logs (null when some peers run our dfget)",
+            "go_pieces_downloaded_size_bytes": sn_metrics.get(
+                "dragonfly_supernode_pieces_downloaded_size_bytes_total"),
+            "go_cdn_download_size_bytes": sn_metrics.get("dragonfly_supernode_cdn_download_size_bytes_total"),
+            "go_supernode_log": go_dfv1.go_supernode_events(work / "gosn"),
+            "nginx_404s": nginx.not_found}
+
+
 async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
     size = int(cfg.size_mib * MIB)
-    bound = t_star(cfg.n, cfg.size_mib, cfg.origin_rate, cfg.down, cfg.up)
+    bound = cfg.bound()
     if not cfg.timeout:
         cfg.timeout = max(60.0, 8 * bound * (1 if cfg.p2p else cfg.n))
     work = Path(tempfile.mkdtemp(prefix="bench-swarm-"))
     (work / "out").mkdir()
     children = Children()
     sn_metrics: dict[str, float] = {}
+    tc_bytes: int | None = None
+    orphans: list[str] = []
+    peers: list[PeerResult] = []
     load_before = os.getloadavg()[0]
     try:
         origin_port = await start_origin(children, size, int(cfg.origin_rate * MIB))
         url = f"http://127.0.0.1:{origin_port}/bench/file-{cfg.size_mib:g}m.bin"
         if cfg.p2p:
-            api, _ = await start_supernode(children, work, cfg.supernode_args)
+            if cfg.supernode == "go":
+                api, cdn = await start_go_supernode(children, work, cfg.go_supernode_args)
+            else:
+                api, cdn = await start_supernode(children, work, cfg.supernode_args)
+            if cfg.cdn_rate != float("inf"):
+                netns.limit_source_port(cdn, cfg.cdn_rate)
             peers = await _p2p(cfg, work, children, url, api)
             sn_metrics = await metrics(api)
+            tc_bytes = netns.limited_bytes() if cfg.cdn_rate != float("inf") else None
         else:
             peers = await _http(cfg, work, url)
         stats = await origin_stats(origin_port)
@@ -303,31 +493,46 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
             out = work / "out" / f"{peer.ip}.bin"
             if peer.ok and (not out.is_file() or await asyncio.to_thread(_md5, out) != want):
                 peer.ok, peer.detail = False, "output missing or MD5 mismatch"
+        counted = _cdn_counts(cfg, work, sn_metrics, peers) if cfg.p2p else {"cdn_bytes": 0.0}
     finally:
         await children.stop_all()
+        orphans = await stop_node_daemons([work / f"node-127.0.0.{2 + i}" for i in range(cfg.n)])
+        if cfg.cdn_rate != float("inf"):
+            netns.clear()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()[0]
     times = [p.seconds for p in peers]
     t_all = max(times)
     own = [p.dfget_seconds for p in peers if p.dfget_seconds]
-    cdn_bytes = sn_metrics.get("dragonfly_supernode_cdn_served_bytes_total", 0.0)
+    cdn_bytes = float(counted.pop("cdn_bytes"))
+    limited = cfg.cdn_rate != float("inf") and cfg.p2p
     return {
         "label": cfg.label(), "mode": "p2p" if cfg.p2p else "http", "n": cfg.n, "size_mib": cfg.size_mib,
         "origin_rate_mib_s": cfg.origin_rate, "down_mib_s": cfg.down, "up_mib_s": cfg.up,
-        "dfget": " ".join(shlex.quote(a) for a in cfg.dfget) if cfg.p2p else "",
-        "supernode_args": cfg.supernode_args, "prestarted_uploaders": cfg.prestart and cfg.p2p,
-        "c_mib_s": "inf (CDN port not rate limited)",
+        "supernode": cfg.supernode if cfg.p2p else "", "dfget_kind": cfg.dfget_kind if cfg.p2p else "",
+        "dfget": " ".join(shlex.quote(a) for a in cfg.dfget) if cfg.p2p and cfg.dfget_kind != "go" else "",
+        "supernode_args": (cfg.go_supernode_args if cfg.supernode == "go" else cfg.supernode_args) if cfg.p2p else [],
+        # our peers' uploaders; a Go peer's is always started by its dfget
+        "prestarted_uploaders": cfg.prestart and cfg.p2p and cfg.dfget_kind != "go",
+        "c_mib_s": cfg.cdn_rate if limited else None,
+        "cdn_limit": (f"tc htb on lo of a private netns, packets from the piece port, burst "
+                      f"{netns.burst_bytes(cfg.cdn_rate)} B") if limited else "none (C = inf)",
+        "netns": cfg.netns, "cdn_tc_class_bytes": tc_bytes,
         "t_star_s": round(bound, 3), "t_all_s": round(t_all, 3), "t_all_over_t_star": round(t_all / bound, 3),
         "t_mean_s": round(statistics.fmean(times), 3), "t_min_s": round(min(times), 3),
         "dfget_max_s": round(max(own), 3) if own else None,
         "dfget_max_over_t_star": round(max(own) / bound, 3) if own else None,
         "origin_bytes": stats["bytes_sent"], "origin_bytes_over_f": round(stats["bytes_sent"] / size, 4),
         "origin_requests": stats["requests"],
-        "cdn_served_over_f": round(cdn_bytes / size, 3),
+        "cdn_bytes": cdn_bytes, "cdn_served_over_f": round(cdn_bytes / size, 3),
         "cdn_mean_rate_mib_s": round(cdn_bytes / MIB / t_all, 2),
-        "pieces_from_peers": sn_metrics.get('dragonfly_supernode_pieces_served_total{source="peer"}', 0.0),
-        "pieces_from_cdn": sn_metrics.get('dragonfly_supernode_pieces_served_total{source="cdn"}', 0.0),
+        "peers_report_mib_over_f": {
+            "from_supernode": round(sum(p.from_supernode_mib for p in peers) / cfg.size_mib, 3),
+            "from_peers": round(sum(p.from_peers_mib for p in peers) / cfg.size_mib, 3),
+            "from_source": round(sum(p.from_source_mib for p in peers) / cfg.size_mib, 3)},
+        **counted,
+        "node_daemons_stopped_after": orphans,
         "all_ok": all(p.ok for p in peers), "peers": [asdict(p) for p in peers], "piece_trace": trace,
         "python": platform.python_version(), "cpus": os.cpu_count(),
         "loadavg_1m_before_after": [round(load_before, 2), round(load_after, 2)],
@@ -353,14 +558,42 @@ def piece_trace(work: Path) -> list[dict[str, Any]]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'config':<34} {'T*':>6} {'T_all':>7} {'T_all/T*':>8} {'mean':>7} {'dl/T*':>6} {'origin/F':>8} "
+    head = (f"{'config':<58} {'T*':>6} {'T_all':>7} {'T_all/T*':>8} {'mean':>7} {'dl/T*':>6} {'origin/F':>8} "
             f"{'cdn/F':>6} {'load':>5} ok")
     rows = [head, "-" * len(head)]
     for r in results:
-        rows.append(f"{r['label']:<34} {r['t_star_s']:>6.2f} {r['t_all_s']:>7.2f} {r['t_all_over_t_star']:>8.3f} "
+        rows.append(f"{r['label']:<58} {r['t_star_s']:>6.2f} {r['t_all_s']:>7.2f} {r['t_all_over_t_star']:>8.3f} "
                     f"{r['t_mean_s']:>7.2f} {r['dfget_max_over_t_star'] or 0:>6.3f} {r['origin_bytes_over_f']:>8.4f} "
                     f"{r['cdn_served_over_f']:>6.2f} {r['loadavg_1m_before_after'][1]:>5.1f} "
                     f"{'yes' if r['all_ok'] else 'NO'}")
+    return "\n".join(rows)
+
+
+def side_by_side(results: list[dict[str, Any]]) -> str:
+    """One row per configuration that both supernodes ran: T_all/T*, cdn/F and origin/F of each (mean of repeats)."""
+    keyed: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
+    for r in results:
+        if r["mode"] == "p2p":
+            key = (r["n"], r["size_mib"], r["dfget_kind"], r["c_mib_s"], r["t_star_s"])
+            keyed.setdefault(key, {}).setdefault(r["supernode"], []).append(r)
+    pairs = [(k, v) for k, v in keyed.items() if set(v) >= {"ours", "go"}]
+    if not pairs:
+        return ""
+
+    def mean(runs: list[dict[str, Any]], name: str) -> float:
+        return statistics.fmean(float(r[name]) for r in runs)
+
+    head = (f"{'N':>3} {'F':>5} {'dfget':>6} {'C':>5} {'T*':>6} | {'ours T/T*':>9} {'go T/T*':>8} | "
+            f"{'ours cdn/F':>10} {'go cdn/F':>8} | {'ours org/F':>10} {'go org/F':>9} | ok")
+    rows = [head, "-" * len(head)]
+    for (n, f, kind, c, bound), by in pairs:
+        ours, go = by["ours"], by["go"]
+        ok = all(r["all_ok"] for r in ours + go)
+        rows.append(f"{n:>3} {f:>5g} {kind:>6} {'inf' if c is None else f'{c:g}':>5} {bound:>6.2f} | "
+                    f"{mean(ours, 't_all_over_t_star'):>9.3f} {mean(go, 't_all_over_t_star'):>8.3f} | "
+                    f"{mean(ours, 'cdn_served_over_f'):>10.2f} {mean(go, 'cdn_served_over_f'):>8.2f} | "
+                    f"{mean(ours, 'origin_bytes_over_f'):>10.4f} {mean(go, 'origin_bytes_over_f'):>9.4f} | "
+                    f"{'yes' if ok else 'NO'}")
     return "\n".join(rows)
 
 
@@ -368,20 +601,40 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=lambda t: [int(x) for x in _floats(t)], default=[8], help="peers, e.g. 8 or 1,2,4,8")
-    p.add_argument("--size", type=float, default=64.0, help="file size F in MiB (default 64)")
-    p.add_argument("--origin-rate", type=float, default=20.0, help="origin limit S in MiB/s, all connections")
-    p.add_argument("--down", type=float, default=10.0, help="per-peer download limit D in MiB/s")
-    p.add_argument("--up", type=float, default=10.0, help="per-peer upload limit U in MiB/s")
+    p.add_argument("--size", type=_positive, default=64.0, help="file size F in MiB (default 64)")
+    p.add_argument("--origin-rate", type=_positive, default=20.0, help="origin limit S in MiB/s, all connections")
+    p.add_argument("--down", type=_positive, default=10.0, help="per-peer download limit D in MiB/s")
+    p.add_argument("--up", type=_positive, default=10.0, help="per-peer upload limit U in MiB/s")
+    p.add_argument("--cdn-rate", type=_positive, default=None, metavar="C",
+                   help="limit the supernode's piece port to C MiB/s with tc in a private network namespace "
+                        "(implies --netns; default: unlimited)")
+    p.add_argument("--netns", action="store_true",
+                   help="run in a private network namespace (unshare -n, only lo) even without --cdn-rate")
+    p.add_argument("--selftest-tc", action="store_true",
+                   help="only check the tc limit: curl from a file server on a limited port, achieved vs C")
+    p.add_argument("--supernode", choices=("ours", "go", "both"), default="ours",
+                   help="ours, the Go supernode (+ nginx on its download port), or both for every N (default ours)")
     p.add_argument("--no-p2p", action="store_true", help="baseline: N plain HTTP clients straight from the origin")
     p.add_argument("--both", action="store_true", help="run every N with P2P and without")
     p.add_argument("--repeat", type=int, default=1, help="runs per configuration (default 1)")
-    p.add_argument("--dfget", default="", help="dfget-compatible binary (default: this repo's dfget)")
+    p.add_argument("--dfget", default="ours",
+                   help="ours (default), go (the Go dfget for every peer), mixed (alternating Go and ours), or a "
+                        "command line with our dfget's flags")
     p.add_argument("--no-prestart", action="store_true", help="let dfget start its uploader (start-up counts)")
     p.add_argument("--supernode-arg", action="append", default=[], metavar="ARG",
-                   help="extra supernode flag, e.g. --supernode-arg=--cdn-task-limit=8 (repeatable)")
+                   help="extra flag for our supernode, e.g. --supernode-arg=--cdn-task-limit=8 (repeatable)")
+    p.add_argument("--go-supernode-arg", action="append", default=[], metavar="ARG",
+                   help="extra flag for the Go supernode, e.g. --go-supernode-arg=--down-limit=8 (repeatable)")
     p.add_argument("--timeout", type=float, default=0.0, help="per-run dfget timeout in s (default: from T*)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs) of each run")
     p.add_argument("--trace", action="store_true",
@@ -391,30 +644,59 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _uses_go(args: argparse.Namespace) -> bool:
+    return args.supernode != "ours" or args.dfget in ("go", "mixed")
+
+
 async def _main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    dfget = shlex.split(args.dfget) if args.dfget else [sys.executable, "-m", "dfget"]
+    kind = args.dfget if args.dfget in ("ours", "go", "mixed") else "ours"
+    dfget = OUR_DFGET if args.dfget in ("ours", "go", "mixed") else shlex.split(args.dfget)
     modes = [True, False] if args.both else [not args.no_p2p]
+    supernodes = ["ours", "go"] if args.supernode == "both" else [args.supernode]
     results = []
     for p2p in modes:
         for n in args.n:
-            for _ in range(args.repeat):
-                cfg = Config(n=n, size_mib=args.size, origin_rate=args.origin_rate, down=args.down, up=args.up,
-                             p2p=p2p, dfget=dfget, prestart=not args.no_prestart,
-                             supernode_args=list(args.supernode_arg), timeout=args.timeout, trace=args.trace)
-                result = await run(cfg, keep=args.keep)
-                print(table([result]).splitlines()[-1], flush=True)
-                for row in result["piece_trace"]:
-                    print(f"    {row['peer']:<12} cdn {row['cdn_pieces']:>3} x {row['cdn_mean_s'] or 0:.2f}s   "
-                          f"peer {row['peer_pieces']:>3} x {row['peer_mean_s'] or 0:.2f}s")
-                results.append(result)
+            for supernode in supernodes if p2p else ["ours"]:
+                for _ in range(args.repeat):
+                    cfg = Config(n=n, size_mib=args.size, origin_rate=args.origin_rate, down=args.down, up=args.up,
+                                 p2p=p2p, dfget=list(dfget), dfget_kind=kind, supernode=supernode,
+                                 prestart=not args.no_prestart, supernode_args=list(args.supernode_arg),
+                                 go_supernode_args=list(args.go_supernode_arg),
+                                 cdn_rate=args.cdn_rate or float("inf"), netns=args.netns, timeout=args.timeout,
+                                 trace=args.trace)
+                    result = await run(cfg, keep=args.keep)
+                    print(table([result]).splitlines()[-1], flush=True)
+                    for row in result["piece_trace"]:
+                        print(f"    {row['peer']:<12} cdn {row['cdn_pieces']:>3} x {row['cdn_mean_s'] or 0:.2f}s   "
+                              f"peer {row['peer_pieces']:>3} x {row['peer_mean_s'] or 0:.2f}s")
+                    results.append(result)
     return results
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser().parse_args(argv)
+    if args.selftest_tc and args.cdn_rate is None:
+        parser().error("--selftest-tc needs --cdn-rate C")
+    if any(n < 1 or n > 250 for n in args.n):
+        parser().error("--n: every N must be in 1..250 (one 127.0.0.x address per peer)")
+    if args.supernode != "ours":
+        go_dfv1.go_binary(ROOT, "supernode")
+        go_dfv1.nginx_binary()
+    if args.dfget in ("go", "mixed"):
+        go_dfv1.go_binary(ROOT, "dfget")
+    args.netns = args.netns or args.cdn_rate is not None or _uses_go(args)
+    if args.netns:
+        netns.reexec([str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)])
+        netns.bring_up_loopback()
+    if args.selftest_tc:
+        sys.exit(0 if asyncio.run(netns.selftest(args.cdn_rate, 3.0)) else 1)
     results = asyncio.run(_main(args))
     print()
     print(table(results))
+    pairs = side_by_side(results)
+    if pairs:
+        print()
+        print(pairs)
     out = args.out or RESULTS / f"swarm-{results[0]['label']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
