@@ -1,5 +1,10 @@
 """Run a supernode on its embedded defaults and download a file through it with three dfget peers.
 
+The supernode's piece port is limited to 8 MiB/s (``--cdn-rate-limit``), as a supernode that shares
+one NIC with many nodes is, while each peer downloads at 16 MiB/s: the supernode seeds each piece
+about once and the peers get most of their bytes from each other. The summary says how many bytes
+came from peers, from the CDN and from the origin.
+
 The supernode keeps running in the foreground afterwards (Ctrl-C stops it), so its API (:8002),
 CDN port (:8001) and /metrics can be explored. Everything stays on this machine: the origin is a
 local HTTP server on 127.0.0.1 serving a generated file.
@@ -22,6 +27,7 @@ from pathlib import Path
 
 API = "http://127.0.0.1:8002"
 SIZE = 48 * 1024 * 1024
+CDN_RATE = "8M"
 
 
 def _wait_for_ping(proc: subprocess.Popen[bytes]) -> None:
@@ -52,10 +58,11 @@ def main() -> None:
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{origin.server_port}/demo.bin"
 
-    supernode = subprocess.Popen(["supernode"])
+    supernode = subprocess.Popen(["supernode", "--cdn-rate-limit", CDN_RATE])
     try:
         _wait_for_ping(supernode)
-        print(f"\n== supernode up; three dfget peers download {SIZE >> 20} MiB from {url} through it\n", flush=True)
+        print(f"\n== supernode up, its piece port limited to {CDN_RATE}B/s; three dfget peers (16 MiB/s each) download "
+              f"{SIZE >> 20} MiB from {url} through it\n", flush=True)
         peers = [subprocess.Popen(["dfget", "-u", url, "-o", str(work / f"out{n}.bin"), "--node", "127.0.0.1:8002",
                                    "--ip", f"127.0.0.{n}", "--home", str(work / f"peer{n}"), "-s", "16M",
                                    "--alivetime", "20s"]) for n in (2, 3, 4)]
@@ -70,8 +77,10 @@ def main() -> None:
         source = _metric(metrics, "dragonfly_supernode_source_bytes_total")
         from_peers = _metric(metrics, 'dragonfly_supernode_pieces_served_bytes_total{source="peer"}')
         from_cdn = _metric(metrics, 'dragonfly_supernode_pieces_served_bytes_total{source="cdn"}')
-        print(f"origin sent {source / SIZE:.2f}x the file; peers served {from_peers / 2**20:.1f} MiB, "
-              f"the CDN {from_cdn / 2**20:.1f} MiB")
+        total = from_peers + from_cdn
+        print(f"bytes: {from_peers / 2**20:.1f} MiB from peers ({from_peers / max(total, 1):.0%}), "
+              f"{from_cdn / 2**20:.1f} MiB from the CDN, {source / 2**20:.1f} MiB from the origin "
+              f"({source / SIZE:.2f}x the file)")
         print(f"\n== the supernode keeps running: try {API}/metrics or {API}/api/v1/peers; Ctrl-C stops it\n",
               flush=True)
         supernode.wait()

@@ -103,8 +103,16 @@ _ORPHAN = -1
 
 
 def _average(estimate: float, sample: float) -> float:
-    """Exponential moving average with weight ``CAPACITY_WEIGHT``; the first sample is the estimate."""
-    return sample if not estimate else estimate + CAPACITY_WEIGHT * (sample - estimate)
+    """A rate's moving average, taken over its inverse (seconds per byte), weight ``CAPACITY_WEIGHT``.
+
+    Averaging times rather than rates keeps bursts from swamping the estimate: Go dfget's rate limiter
+    lets a piece through in a few milliseconds now and then (a sample of hundreds of MiB/s), which
+    an average of rates would take for the peer's capacity, loading it with uploads it then serves at
+    a crawl. The first sample is the estimate.
+    """
+    if not estimate:
+        return sample
+    return 1 / (1 / estimate + CAPACITY_WEIGHT * (1 / sample - 1 / estimate))
 
 
 class Run(NamedTuple):
@@ -188,7 +196,10 @@ class ProgressState:
         self.peer_capacity = 0.0
         """The same estimate over every peer's samples: the guess for a peer not measured yet."""
         self.piece_rate = 0.0
-        """Moving average of single-piece rates (bytes/s, any source): how fast one flow of a piece moves."""
+        """Moving average of single-piece rates (bytes/s): how fast one flow of a piece moves. Taken from
+        pieces peers served once there are any: a saturated CDN's flows are slow because the CDN runs too
+        many, and counting them would make the scheduler give it more."""
+        self._peer_flows = 0
         self.down_capacity = 0.0
         """The download capacity estimate over every client's samples: the guess for one not measured yet."""
 
@@ -367,10 +378,16 @@ class ProgressState:
     ) -> None:
         """Apply a client's report about one piece (§4.3).
 
-        A report about a piece the client already holds is a no-op, so dfget's double success report
+        A report about a piece the client already holds counts once, so dfget's double success report
         (``/peer/piece/suc`` and the next pull) counts once. ``dst_pid`` may be a peer that is gone:
         the report still counts for the client. RUNNING is not a report: only the scheduler starts
         pieces.
+
+        The client holds the piece on either report, but its peer becomes a source of it only on
+        SUCCESS (``/peer/piece/suc``): Go dfget 1.0.6 sends the SEMISUC pull as soon as it has read a
+        piece and writes it to the file its uploader serves afterwards, so a peer handed out on the
+        SEMISUC alone serves a short piece (seen as MD5 failures, and blacklisted sources, in a swarm
+        of Go dfgets). Our dfget reports SUCCESS after the write as well.
 
         A success of ``size`` bytes from the source it was handed out from is a throughput sample:
         the piece's rate times the source's concurrent uploads at that moment estimates what the
@@ -382,6 +399,8 @@ class ProgressState:
         task = self.task(task_id)
         client = self.client(task_id, cid)
         if piece_num in client.done:
+            if status == PieceStatus.SUCCESS and client.pid != task.super_pid:
+                self._hold(self._peers[client.pid], task, piece_num)
             return
         run = client.running.pop(piece_num, None)
         if run is not None:
@@ -392,7 +411,7 @@ class ProgressState:
         held = status in _HELD
         if held:
             client.done.add(piece_num)
-            if client.pid != task.super_pid:
+            if status == PieceStatus.SUCCESS and client.pid != task.super_pid:
                 self._hold(peer, task, piece_num)
         if status == PieceStatus.WAITING or not dst_pid or task.super_pid in (client.pid, dst_pid):
             return
@@ -428,7 +447,11 @@ class ProgressState:
             return
         concurrent = task.super_load if run.dst == task.super_pid else source.load
         rate = size / seconds
-        self.piece_rate = _average(self.piece_rate, rate)
+        if run.dst != task.super_pid:
+            self.piece_rate = rate if not self._peer_flows else _average(self.piece_rate, rate)
+            self._peer_flows += 1
+        elif not self._peer_flows:
+            self.piece_rate = _average(self.piece_rate, rate)
         sample = rate * max(concurrent, 1)
         source.capacity = _average(source.capacity, sample)
         if run.dst != task.super_pid:

@@ -144,6 +144,18 @@ def _flow_limits(state: ProgressState, peer: PeerProgress) -> tuple[int, int]:
     return flows, source_flows
 
 
+def _full_flow(state: ProgressState) -> float:
+    """The rate of one piece from a source that serves nothing else to a client that fetches nothing else.
+
+    The lesser of the typical client download and source upload capacities; while either is unmeasured,
+    the typical piece rate (0 while nothing is measured). Measured flow rates alone would mislead: flows
+    out of a CDN that runs too many are slow, and counting them would make it run more.
+    """
+    if state.down_capacity and state.peer_capacity:
+        return min(state.down_capacity, state.peer_capacity)
+    return state.piece_rate
+
+
 class _CdnBudget:
     """The CDN's share of one schedule call.
 
@@ -176,7 +188,7 @@ class _CdnBudget:
         self._rate = limits.cdn_upload_rate or state.capacity(task.super_pid)
         cap = limits.cdn_task_limit
         if limits.cdn_upload_rate:
-            flow = state.piece_rate
+            flow = _full_flow(state)
             cap = min(cap, max(1, math.ceil(limits.cdn_upload_rate / flow)) if flow else _CDN_START)
         self.slots = cap - load
 
@@ -190,7 +202,7 @@ class _CdnBudget:
             return True
         if num not in holder_counts and num not in inflight:
             return True
-        flow = self._state.piece_rate
+        flow = _full_flow(self._state)
         return bool(flow) and self._rate / (self._load + 1) >= flow
 
     def faster_than(self, dst: str) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.v1proto import OriginServer, SupernodeProcess, pattern_bytes
+from tests.v1proto import OriginServer, SupernodeProcess, free_port, pattern_bytes
 
 from .conftest import DfgetNodes, Finished, file_md5, md5_hex, metric, uploader_pid, wait_gone
 
@@ -84,3 +84,33 @@ async def test_second_run_reuses_the_uploader(origin: OriginServer, supernode: S
     assert first.code == second.code == 0, first.describe() + second.describe()
     assert uploader_pid(second.home) == pid != 0
     assert second.counts()["peers"] == 1.0, "the second run on the node fetches from the first one's uploader"
+
+
+async def test_a_rate_limited_cdn_seeds_and_the_peers_carry_the_rest(origin: OriginServer, tmp_path: Path,
+                                                                     nodes: DfgetNodes) -> None:
+    """``--cdn-rate-limit``: the scheduler treats the CDN as a seed of that capacity, so peers serve most pieces.
+
+    Four real dfget peers, a 16 MiB file (four pieces) and a CDN port sending 4 MiB/s in all, peers at 8 MiB/s:
+    each piece should leave the CDN about once. The bound asserted is a property (at most 2 F from the CDN, the
+    rest from peers), not a time.
+    """
+    node = SupernodeProcess(tmp_path / "home", tmp_path, api_port=free_port("127.0.0.1"),
+                            cdn_port=free_port("127.0.0.1"), extra_args=["--cdn-rate-limit", "4M"])
+    await node.start()
+    try:
+        size = 16 * MIB
+        origin.files["/seeded.bin"] = data = pattern_bytes(size)
+        url = origin.url("/seeded.bin")
+        runs = [await nodes.start(url, "--node", f"127.0.0.1:{node.api_port}", "-s", "8M", "--totallimit", "8M",
+                                  ip=f"127.0.0.{n}") for n in range(2, 6)]
+        results = [await run.wait(60) for run in runs]
+        for result in results:
+            assert result.code == 0, result.describe()
+            assert file_md5(result.output) == md5_hex(data)
+        cdn_bytes = await metric(node.api_url, "dragonfly_supernode_cdn_served_bytes_total")
+        from_peers = await metric(node.api_url, "dragonfly_supernode_pieces_served_bytes_total", source="peer")
+        assert cdn_bytes <= 2 * size, f"the CDN sent {cdn_bytes / size:.2f} F"
+        assert from_peers >= 4 * size - cdn_bytes - MIB, "the peers served the rest"
+        check_origin_sent_once(origin, "/seeded.bin", size)
+    finally:
+        await node.stop()
