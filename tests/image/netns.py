@@ -18,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -94,11 +94,12 @@ class NetNamespace:
         finally:
             connection.close()
 
-    def probe(self, host: str, port: int, path: str, within: float) -> tuple[int, bytes]:
-        """Poll an httpGet probe until it answers 2xx/3xx (as the kubelet counts success); the last answer."""
+    def probe(self, host: str, port: int, path: str, within: float,
+              alive: Callable[[], bool] = lambda: True) -> tuple[int, bytes]:
+        """Poll an httpGet probe until it answers 2xx/3xx (as the kubelet counts success), while ``alive()``."""
         deadline = time.monotonic() + within
         last: tuple[int, bytes] | str = "no answer"
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and alive():
             try:
                 last = self.http_get(host, port, path)
                 if 200 <= last[0] < 400:
@@ -106,7 +107,8 @@ class NetNamespace:
             except OSError as exc:
                 last = repr(exc)
             time.sleep(0.3)
-        raise AssertionError(f"GET http://{host}:{port}{path} did not succeed within {within:g}s: {last!r}")
+        why = f"within {within:g}s" if alive() else "before the container exited"
+        raise AssertionError(f"GET http://{host}:{port}{path} did not succeed {why}: {last!r}")
 
 
 class _NamespacedConnection(http.client.HTTPConnection):

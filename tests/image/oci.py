@@ -47,7 +47,6 @@ def _process_spec(process: Process, terminal: bool = False) -> dict[str, Any]:
             "args": process.args, "env": process.env, "cwd": process.cwd,
             "capabilities": {"bounding": caps, "effective": effective, "permitted": effective, "inheritable": [],
                              "ambient": []},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}],
             "noNewPrivileges": process.no_new_privileges}
 
 
