@@ -62,6 +62,12 @@ def _missing_tools() -> list[str]:
     return [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
 
 
+def _image_id(tag: str) -> str:
+    found = subprocess.run(["buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", tag],
+                           capture_output=True, text=True, timeout=60)
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
 @pytest.fixture(scope="session")
 def image() -> BuiltImage:
     missing = _missing_tools()
@@ -69,6 +75,7 @@ def image() -> BuiltImage:
         pytest.skip(f"the image tier needs {', '.join(missing)} (scripts/test.sh installs them as root)")
     if os.geteuid() != 0:
         pytest.skip("the image tier needs root (debootstrap for the stand-in base, runc for the containers)")
+    previous = _image_id(TAG)
     start = time.monotonic()
     build = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), "--debian-base", "-t", TAG],
                            cwd=ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
@@ -76,6 +83,9 @@ def image() -> BuiltImage:
     if build.returncode != 0:
         pytest.fail(f"scripts/build-image.sh failed ({build.returncode}):\n{build.stderr[-6000:]}", pytrace=False)
     assert build.stdout.strip().splitlines()[-1] == TAG, build.stdout
+    if previous and previous != _image_id(TAG):
+        # The last run's image (and its now unused cached layers): a rebuild per source change must not pile up.
+        subprocess.run(["buildah", "rmi", previous], capture_output=True, timeout=120)
     data = json.loads(subprocess.run(["buildah", "inspect", "--type", "image", TAG], check=True,
                                      capture_output=True, text=True, timeout=60).stdout)
     (listed,) = json.loads(subprocess.run(["buildah", "images", "--json", TAG], check=True, capture_output=True,
