@@ -70,11 +70,11 @@ def _image_id(tag: str) -> str:
 
 @pytest.fixture(scope="session")
 def image() -> BuiltImage:
+    if os.geteuid() != 0:
+        pytest.skip("the image tier needs root (debootstrap for the stand-in base, runc for the containers)")
     missing = _missing_tools()
     if missing:
         pytest.skip(f"the image tier needs {', '.join(missing)} (scripts/test.sh installs them as root)")
-    if os.geteuid() != 0:
-        pytest.skip("the image tier needs root (debootstrap for the stand-in base, runc for the containers)")
     previous = _image_id(TAG)
     start = time.monotonic()
     build = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), "--debian-base", "-t", TAG],
