@@ -24,14 +24,14 @@ import pytest
 from tests.deploy.conftest import CHART, NAMESPACE, RELEASE, ROOT, Rendered
 from tests.image.netns import NetNamespace
 from tests.image.oci import Container, Rootfs
-from tests.image.podspec import ImageConfig, Pod, process_of
+from tests.image.podspec import DEFAULT_CAPABILITIES, ImageConfig, Pod, Process, process_of
 
 #: The image the tier builds (a tag of its own: a person's `scripts/build-image.sh` default is left alone).
 TAG = "localhost/dragonfly-supernode-py:image-tests"
 BUILD_TIMEOUT = 1500
 #: Binaries the tier runs, with the Debian package that has each.
 TOOLS = {"buildah": "buildah", "runc": "runc", "debootstrap": "debootstrap", "unshare": "util-linux",
-         "nsenter": "util-linux", "ip": "iproute2"}
+         "ip": "iproute2"}
 #: The chart's values the tier renders: every workload on (the dfget DaemonSet is off by default) and a
 #: supernode config file, so that the ConfigMap mount and --config are exercised too.
 VALUES: dict[str, Any] = {"dfget": {"enabled": True}, "supernode": {"config": {"cdn_task_limit": 8}}}
@@ -146,12 +146,20 @@ class Node:
         return container
 
     def run_in_image(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """``docker run --network <this node> IMAGE args...``: the image's own user, environment and directory."""
+        """``docker run --network <this node> IMAGE args...``: the image's own user, environment and directory,
+        the runtime's default capabilities, a writable root file system."""
         rootfs = Rootfs(self.image.tag).__enter__()
         self._rootfs.append(rootfs)
-        return subprocess.run(["nsenter", f"--net={self.net.path}", "buildah", "run", rootfs.name, "--", *args],
-                              capture_output=True, text=True, timeout=timeout,
-                              env=dict(os.environ, BUILDAH_ISOLATION="chroot"))
+        config = self.image.config
+        uid, _, gid = config.user.partition(":")
+        process = Process(args=args, env=config.env, cwd=config.workdir, uid=int(uid or 0), gid=int(gid or 0),
+                          groups=[int(gid or 0)], capabilities=sorted(DEFAULT_CAPABILITIES), read_only_root=False,
+                          no_new_privileges=False, mounts=[])
+        container = Container("run", process, rootfs.path, self.net.path, "run", self.root / "bundles",
+                              self.root / "runc")
+        self._containers.append(container)
+        code = container.run(timeout)
+        return subprocess.CompletedProcess(args, code, container.stdout, container.stderr)
 
     def close(self) -> None:
         for container in reversed(self._containers):

@@ -40,7 +40,7 @@ class NetNamespace:
 
     @property
     def path(self) -> str:
-        """The namespace's ``/proc/PID/ns/net``, for ``nsenter`` and the OCI runtime spec."""
+        """The namespace's ``/proc/PID/ns/net``, for the OCI runtime spec."""
         assert self._holder is not None, "not started"
         return f"/proc/{self._holder.pid}/ns/net"
 

@@ -85,6 +85,7 @@ class Container:
         self.process = process
         self.bundle = workdir / self.id
         self.log_path = self.bundle / "output.log"
+        self.stderr_path = self.bundle / "stderr.log"
         self._runc = ["runc", "--root", str(runc_root)]
         self._spec = runtime_spec(process, rootfs, netns, hostname)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -92,10 +93,9 @@ class Container:
     def start(self) -> None:
         self.bundle.mkdir(parents=True)
         (self.bundle / "config.json").write_text(json.dumps(self._spec, indent=1))
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self._proc = subprocess.Popen([*self._runc, "run", "--bundle", str(self.bundle), self.id],
-                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
 
     def run(self, timeout: float) -> int:
         """Start and wait for the exit (an init container): its exit status."""
@@ -111,8 +111,17 @@ class Container:
     def exit_code(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
 
+    @property
+    def stdout(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
     def output(self, tail: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-tail:] if self.log_path.exists() else ""
+        """The tail of what the container (and runc) wrote, stdout then stderr, for diagnostics."""
+        return (self.stdout[-tail:] + self.stderr[-tail:])[-tail:]
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal the container's PID 1 as the runtime does (PID 1 ignores signals it has no handler for)."""

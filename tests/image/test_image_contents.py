@@ -1,7 +1,7 @@
 """The built image itself: its config (user, command, ports, HEALTHCHECK) and what is installed in it.
 
-Run as ``docker run IMAGE ...`` runs a command (``buildah run``: the image's user, environment and working
-directory), never by reading the Dockerfile: this is what the build produced.
+Run as ``docker run IMAGE ...`` runs a command (the image's user, environment and working directory; see
+:meth:`Node.run_in_image`), never by reading the Dockerfile: this is what the build produced.
 """
 
 from __future__ import annotations
