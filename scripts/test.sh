@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 
 # One package a line: the tests that use each one skip when it is absent.
 debian_packages=(
+  buildah           # tests/image: builds the image from the Dockerfile (and brings runc, which runs its containers)
+  debootstrap       # tests/image: the stand-in for the Dockerfile's python base image, from Debian packages
   docker-registry   # tests/preheat: a real Docker registry (distribution 2.8)
   nginx             # tests/interop: the Go supernode's download port, as upstream deploys it
 )

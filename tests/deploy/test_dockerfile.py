@@ -1,5 +1,5 @@
-"""The Dockerfile and its dependency lock, checked by reading them (there is no Docker engine here, so the
-image is never built by the suite): a pinned python:3.11 slim base, a non-root user, a HEALTHCHECK on
+"""The Dockerfile and its dependency lock, checked by reading them (tests/image builds the image and runs it;
+these checks need no build tools): a pinned python:3.11 slim base, a non-root user, a HEALTHCHECK on
 /_ping, dependencies only from the hashed lock, and a lock that covers every third-party import of our
 packages within pyproject's version ranges."""
 
