@@ -27,12 +27,15 @@ from tests.deploy import conftest as deploy
 from tests.deploy.conftest import CRD_FILE, NAMESPACE, RELEASE, Rendered
 from tests.k8s.controlplane import REPO_ROOT, ControlPlane, missing_parts, write_kubeconfig
 from tests.k8s.kube import Api, Kubectl, PhaseRecorder
+from tests.operator import conftest as operator_tests
 from tests.operator.helpers import wait_for
 from tests.v1proto import SupernodeProcess, SupernodeStartError, free_port
 
-# The chart tests' Helm SDK fixtures, reused (a fixture function assigned here is a fixture here).
+# Fixtures of other tiers, reused (a fixture function assigned here is a fixture here): the chart tests'
+# Helm SDK, the operator tests' origin that holds a file back until released.
 helm = deploy.helm
 render = deploy.render
+slow_origin = operator_tests.slow_origin
 
 OPERATOR_START_WITHIN = 90.0
 OPERATOR_STOP_WITHIN = 20.0
@@ -157,15 +160,17 @@ class ClusterSupernode(SupernodeProcess):
 @pytest.fixture
 async def supernodes(operator_identity: OperatorIdentity, chart: Rendered, kubectl: Kubectl,
                      tmp_path: Path) -> AsyncIterator[list[ClusterSupernode]]:
-    """Two supernodes, 127.0.0.2 and 127.0.0.3, and the EndpointSlice the EndpointSlice controller would
-    make for the chart's headless Service (ports by name, as the StatefulSet's pods declare them)."""
+    """Two supernodes, 127.0.0.2 and 127.0.0.3, and an EndpointSlice of the chart's headless Service as the
+    EndpointSlice controller would make it (ports by name, as the StatefulSet's pods declare them), but
+    of addressType FQDN: the API server refuses loopback addresses in IPv4 slices (a pod never has one),
+    and a name that is the address itself passes. The operator reads both kinds the same way."""
     api_port, cdn_port = free_port("127.0.0.2"), free_port("127.0.0.2")
     nodes = [ClusterSupernode(tmp_path / f"sn{i}", tmp_path / f"sn{i}-log", host=f"127.0.0.{i}",
                               api_port=api_port, cdn_port=cdn_port) for i in (2, 3)]
     service = next(d for d in chart.of_kind("Service") if d["metadata"]["name"].endswith("-headless"))
     name = service["metadata"]["name"]
     endpoint_slice = {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "FQDN",
         "metadata": {"name": f"{name}-k8stest", "namespace": NAMESPACE,
                      "labels": {"kubernetes.io/service-name": name,
                                 "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
