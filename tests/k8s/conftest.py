@@ -99,27 +99,45 @@ class OperatorIdentity:
     env: dict[str, str]
 
 
-@pytest.fixture(scope="session")
-def operator_identity(crd: str, chart: Rendered, kubectl: Kubectl, api: Api, control_plane: ControlPlane,
-                      tmp_path_factory: pytest.TempPathFactory) -> OperatorIdentity:
-    """The release namespace with exactly the chart's operator RBAC and headless Service applied."""
-    kubectl.run("create", "namespace", NAMESPACE).ok()
+def headless_service(chart: Rendered) -> str:
+    """The name of the chart's headless Service, whose EndpointSlices the operator discovers supernodes from."""
+    return str(next(d for d in chart.of_kind("Service")
+                    if d["metadata"]["name"].endswith("-headless"))["metadata"]["name"])
+
+
+def install_operator(chart: Rendered, kubectl: Kubectl, api: Api, plane: ControlPlane,
+                     workdir: Path) -> OperatorIdentity:
+    """Apply exactly the render's operator ServiceAccount and RBAC, and its headless Service (the Pods,
+    StatefulSet and Deployment would do nothing here: no kubelet); the operator pod's token, args and env."""
     operator_docs = [d for d in chart.manifests() if d["kind"] in RBAC_KINDS
                      and d["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"]
-    headless = [d for d in chart.of_kind("Service") if d["metadata"]["name"].endswith("-headless")]
+    headless = [d for d in chart.of_kind("Service") if d["metadata"]["name"] == headless_service(chart)]
     kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump_all(operator_docs + headless)).ok()
 
-    deployment = chart.one("Deployment")
-    pod = deployment["spec"]["template"]["spec"]
+    pod = chart.one("Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["dragonfly-operator"], container["command"]
     account = pod["serviceAccountName"]
-    token = asyncio.run(api.service_account_token(account, NAMESPACE))
-    kubeconfig = write_kubeconfig(tmp_path_factory.mktemp("operator") / "kubeconfig", server=control_plane.server,
-                                  ca_file=control_plane.ca_file, token=token, user=f"sa-{account}")
+    token = api.service_account_token(account, NAMESPACE)
+    workdir.mkdir(parents=True, exist_ok=True)
+    kubeconfig = write_kubeconfig(workdir / f"{account}.kubeconfig", server=plane.server, ca_file=plane.ca_file,
+                                  token=token, user=f"sa-{account}")
     env = {e["name"]: str(e["value"]) for e in container.get("env") or () if "value" in e}
     env["POD_NAMESPACE"] = NAMESPACE  # the downward API's metadata.namespace
     return OperatorIdentity(kubeconfig, account, list(container.get("args") or ()), env)
+
+
+@pytest.fixture(scope="session")
+def release_namespace(crd: str, kubectl: Kubectl) -> str:
+    kubectl.run("create", "namespace", NAMESPACE).ok()
+    return NAMESPACE
+
+
+@pytest.fixture(scope="session")
+def operator_identity(release_namespace: str, chart: Rendered, kubectl: Kubectl, api: Api,
+                      control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> OperatorIdentity:
+    """The chart's default install (every namespace, a ClusterRole): its operator's identity."""
+    return install_operator(chart, kubectl, api, control_plane, tmp_path_factory.mktemp("operator"))
 
 
 @pytest.fixture
@@ -136,6 +154,21 @@ async def namespace(kubectl: Kubectl, crd: str) -> AsyncIterator[str]:
         for item in listing["items"]:
             await kubectl("patch", "preheat", item["metadata"]["name"], "-n", name, "--type=merge",
                           "-p", '{"metadata":{"finalizers":null}}')
+
+
+def endpoint_slice_of(service: str, nodes: list[ClusterSupernode]) -> dict[str, Any]:
+    """The EndpointSlice of ``service`` with ``nodes`` ready on it (they share their port numbers)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "FQDN",
+        "metadata": {"name": f"{service}-k8stest", "namespace": NAMESPACE,
+                     "labels": {"kubernetes.io/service-name": service,
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "ports": [{"name": "api", "port": nodes[0].api_port, "protocol": "TCP"},
+                  {"name": "cdn", "port": nodes[0].cdn_port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [node.host], "conditions": {"ready": True},
+                       "targetRef": {"kind": "Pod", "namespace": NAMESPACE, "name": f"{RELEASE}-{i}"}}
+                      for i, node in enumerate(nodes)],
+    }
 
 
 class ClusterSupernode(SupernodeProcess):
@@ -167,19 +200,7 @@ async def supernodes(operator_identity: OperatorIdentity, chart: Rendered, kubec
     api_port, cdn_port = free_port("127.0.0.2"), free_port("127.0.0.2")
     nodes = [ClusterSupernode(tmp_path / f"sn{i}", tmp_path / f"sn{i}-log", host=f"127.0.0.{i}",
                               api_port=api_port, cdn_port=cdn_port) for i in (2, 3)]
-    service = next(d for d in chart.of_kind("Service") if d["metadata"]["name"].endswith("-headless"))
-    name = service["metadata"]["name"]
-    endpoint_slice = {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "FQDN",
-        "metadata": {"name": f"{name}-k8stest", "namespace": NAMESPACE,
-                     "labels": {"kubernetes.io/service-name": name,
-                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-        "ports": [{"name": "api", "port": api_port, "protocol": "TCP"},
-                  {"name": "cdn", "port": cdn_port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [node.host], "conditions": {"ready": True},
-                       "targetRef": {"kind": "Pod", "namespace": NAMESPACE, "name": f"{RELEASE}-{i}"}}
-                      for i, node in enumerate(nodes)],
-    }
+    endpoint_slice = endpoint_slice_of(headless_service(chart), nodes)
     started: list[ClusterSupernode] = []
     try:
         for node in nodes:
@@ -268,8 +289,9 @@ async def operators(operator_identity: OperatorIdentity, tmp_path: Path) -> Asyn
                     "(pip install -e . installs it)")
     started: list[OperatorProcess] = []
 
-    async def start(**settings: str) -> OperatorProcess:
-        process = OperatorProcess(operator_identity, tmp_path / f"operator-{len(started)}.log", **settings)
+    async def start(identity: OperatorIdentity | None = None, **settings: str) -> OperatorProcess:
+        process = OperatorProcess(identity or operator_identity, tmp_path / f"operator-{len(started)}.log",
+                                  **settings)
         started.append(process)
         await process.start()
         return process
@@ -280,6 +302,10 @@ async def operators(operator_identity: OperatorIdentity, tmp_path: Path) -> Asyn
         for process in started:
             await process.stop()
             print(f"{process.log_path.name}:\n{process.log(4000)}")
+    # Every request the operator makes must be allowed by the chart's RBAC: a refusal is a chart bug.
+    refused = [line for process in started for line in process.log(1_000_000).splitlines()
+               if "forbidden" in line.lower()]
+    assert not refused, "the API server refused the operator (chart RBAC):\n" + "\n".join(refused[:5])
 
 
 @pytest.fixture

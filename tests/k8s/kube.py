@@ -98,14 +98,13 @@ class Api:
             return [self.client.sanitize_for_serialization(e) for e in listing.items]
         return await asyncio.to_thread(read)
 
-    async def service_account_token(self, name: str, namespace: str, seconds: int = 3600) -> str:
-        """A bound token of the ServiceAccount (TokenRequest, what ``kubectl create token`` asks for)."""
-        def request() -> str:
-            answer = self.core.create_namespaced_service_account_token(
-                name, namespace, k8s.AuthenticationV1TokenRequest(
-                    spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)), _request_timeout=10)
-            return str(answer.status.token)
-        return await asyncio.to_thread(request)
+    def service_account_token(self, name: str, namespace: str, seconds: int = 3600) -> str:
+        """A bound token of the ServiceAccount (TokenRequest, what ``kubectl create token`` asks for; the
+        Debian kubectl 1.20 has no ``create token``)."""
+        answer = self.core.create_namespaced_service_account_token(
+            name, namespace, k8s.AuthenticationV1TokenRequest(
+                spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)), _request_timeout=10)
+        return str(answer.status.token)
 
 
 class PhaseRecorder:

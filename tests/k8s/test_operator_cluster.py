@@ -8,15 +8,24 @@ a watch for the phases; the supernodes' side through their own API and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dfoperator.resource import FINALIZER
-from tests.k8s.conftest import ClusterSupernode, OperatorProcess
+from tests.k8s.conftest import (
+    ClusterSupernode,
+    OperatorProcess,
+    endpoint_slice_of,
+    headless_service,
+    install_operator,
+)
+from tests.k8s.controlplane import ControlPlane
 from tests.k8s.kube import Api, Kubectl
 from tests.operator.helpers import SlowOrigin, get_json, get_text, wait_for
 from tests.v1proto import OriginServer, pattern_bytes
@@ -212,3 +221,26 @@ async def test_a_missing_secret_holds_the_preheat_until_it_appears(
     done = await wait_for("Succeeded", phase_in(api, "private", namespace, "Succeeded", "Failed"), within=WITHIN)
     assert done["phase"] == "Succeeded", done
     assert {r.headers.get("Authorization") for r in origin.log} == {"Bearer late"}
+
+
+async def test_a_namespaced_install_handles_its_namespaces_only(
+        namespace: str, supernodes: list[ClusterSupernode], operators: Any, origin: OriginServer,
+        render: Any, release_namespace: str, kubectl: Kubectl, api: Api, control_plane: ControlPlane,
+        tmp_path: Path) -> None:
+    """``operator.watchNamespaces``: Roles instead of the ClusterRole, and ``--namespace`` for kopf. A second
+    release (``dfns``), with its own ServiceAccount, Roles and headless Service, beside the default one."""
+    origin.files["/team.bin"] = pattern_bytes(40_000)
+    chart = render({"operator": {"watchNamespaces": [namespace]}}, name="dfns")
+    cluster_wide = {r for role in chart.of_kind("ClusterRole") for rule in role["rules"] for r in rule["resources"]}
+    assert cluster_wide == {"customresourcedefinitions", "namespaces"}, cluster_wide  # Preheats: Roles only
+    identity = await asyncio.to_thread(install_operator, chart, kubectl, api, control_plane, tmp_path / "dfns")
+    slice_doc = endpoint_slice_of(headless_service(chart), supernodes)
+    (await kubectl.apply(slice_doc)).ok()
+    try:
+        await operators(identity)
+        (await kubectl.apply(preheat_doc("team", namespace, origin.url("/team.bin")))).ok()
+        done = await wait_for("Succeeded", phase_in(api, "team", namespace, "Succeeded", "Failed"), within=WITHIN)
+        assert done["phase"] == "Succeeded", done
+        assert sorted(e["url"] for e in done["supernodes"]) == sorted(n.api_url for n in supernodes)
+    finally:
+        await kubectl("delete", "endpointslice", slice_doc["metadata"]["name"], "-n", release_namespace)
