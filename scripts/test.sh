@@ -18,7 +18,10 @@ debian_packages=(
   debootstrap       # tests/image: the stand-in for the Dockerfile's python base image, from Debian packages
   docker-registry   # tests/preheat: a real Docker registry (distribution 2.8)
   nginx             # tests/interop: the Go supernode's download port, as upstream deploys it
+  etcd-server       # tests/k8s: the store of the real kube-apiserver (../shared/k8s/bin)
 )
+# tests/k8s drive kubectl: Debian's kubernetes-client, unless the machine already has a kubectl.
+command -v kubectl >/dev/null || debian_packages+=(kubernetes-client)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do

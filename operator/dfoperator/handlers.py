@@ -17,8 +17,11 @@ Handlers, all on ``preheats.dragonfly.d7y.io/v1alpha1``:
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
@@ -52,6 +55,9 @@ class PreheatOperator:
         self.metrics = OperatorMetrics()
         self.metrics_server: MetricsServer | None = None
         self._reconciler: Reconciler | None = None
+        self._busy = 0
+        """Handler calls in flight: the cleanup waits for them before it closes the clients they use."""
+        self._idle = asyncio.Event()
         self._phases: dict[tuple[str, str], str] = {}
         self._register()
 
@@ -77,6 +83,7 @@ class PreheatOperator:
     # ------------------------------------------------------------------ operator lifecycle
 
     async def startup(self, settings: kopf.OperatorSettings, **_: Any) -> None:
+        self._idle = asyncio.Event()  # of this run's loop (tests start operators in several loops)
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -91,13 +98,24 @@ class PreheatOperator:
             self.metrics_server = server
 
     async def cleanup(self, **_: Any) -> None:
+        """Stop taking handler calls, let those in flight finish, then close the clients.
+
+        kopf runs this on SIGTERM while timers and handlers may still be mid-request; closing the
+        clients under them failed their status write ("Session is closed"), and a submission whose
+        status was never written is POSTed again by the next operator.
+        """
+        reconciler, self._reconciler = self._reconciler, None
+        if self._busy:
+            try:  # each call ends within its own request timeouts
+                await asyncio.wait_for(self._idle.wait(), 2 * self.config.request_timeout + 1)
+            except TimeoutError:
+                log.warning("stopping with %d handler call(s) still running", self._busy)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
-        if self._reconciler is not None:
-            await self._reconciler.supernodes.close()
-            await self._reconciler.kube.close()
-            self._reconciler = None
+        if reconciler is not None:
+            await reconciler.supernodes.close()
+            await reconciler.kube.close()
 
     async def login(self, **_: Any) -> kopf.ConnectionInfo:
         """kopf logs in exactly as our kubernetes client does (see :func:`dfoperator.kube.load_configuration`)."""
@@ -127,30 +145,42 @@ class PreheatOperator:
             raise kopf.PermanentError("Preheat must be a namespaced resource")
         return PreheatObject(namespace=namespace, name=name, body=body, memory=object_memory(memo))
 
-    def _running(self) -> Reconciler:
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[Reconciler]:
+        """The reconciler, counted as in use until the handler is done with it."""
         if self._reconciler is None:
             raise kopf.TemporaryError("the operator is starting or stopping", delay=1)
-        return self._reconciler
+        self._busy += 1
+        self._idle.clear()
+        try:
+            yield self._reconciler
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
 
     # kopf passes indexes as keyword arguments named after them: ``preheat_refs`` comes in ``kwargs``.
 
     async def on_spec(self, *, body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, namespace: str | None,
                       name: str, memo: Any, retry: int, **kwargs: Any) -> None:
         refs: PreheatRefs = kwargs["preheat_refs"]
-        with self.metrics.track("reconcile"):
-            await self._running().reconcile(self._object(body, namespace, name, memo), spec=spec,
-                                            generation=_generation(meta), retry=retry, refs=refs)
+        async with self._running() as reconciler:
+            with self.metrics.track("reconcile"):
+                await reconciler.reconcile(self._object(body, namespace, name, memo), spec=spec,
+                                           generation=_generation(meta), retry=retry, refs=refs)
 
     async def on_timer(self, *, body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, namespace: str | None,
                        name: str, memo: Any, **_: Any) -> None:
         if self._reconciler is None:
             return  # kopf stops timers after the cleanup handler: nothing to poll with, and nothing lost
-        with self.metrics.track("poll"):
-            await self._reconciler.poll(self._object(body, namespace, name, memo), spec=spec,
-                                        generation=_generation(meta))
+        async with self._running() as reconciler:
+            with self.metrics.track("poll"):
+                await reconciler.poll(self._object(body, namespace, name, memo), spec=spec,
+                                      generation=_generation(meta))
 
     async def on_delete(self, *, body: kopf.Body, namespace: str | None, name: str, memo: Any, retry: int,
                         **kwargs: Any) -> None:
         refs: PreheatRefs = kwargs["preheat_refs"]
-        with self.metrics.track("cancel"):
-            await self._running().cancel(self._object(body, namespace, name, memo), retry=retry, refs=refs)
+        async with self._running() as reconciler:
+            with self.metrics.track("cancel"):
+                await reconciler.cancel(self._object(body, namespace, name, memo), retry=retry, refs=refs)

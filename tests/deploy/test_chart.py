@@ -524,8 +524,9 @@ def test_operator_rbac_cluster_wide(renders: dict[str, Rendered]) -> None:
 def test_operator_rbac_namespaced_with_secret_names(renders: dict[str, Rendered]) -> None:
     out = renders["operator-namespaced"]
     rules = _rules_for_operator(out)
-    assert not [d for d in out.manifests() if d["kind"] in ("ClusterRole", "ClusterRoleBinding")], \
-        "namespaced mode without CRD watching needs no cluster-wide grant"
+    cluster_rules = [rule for kind, _, rule in rules if kind == "ClusterRoleBinding"]
+    assert cluster_rules == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}], \
+        "namespaced mode without CRD watching needs nothing cluster-wide but kopf's namespace list"
     scopes = {scope for _, scope, rule in rules if "preheats" in rule["resources"]}
     assert scopes == {"team-a", "team-b"}
     secret_rules = [rule for _, _, rule in rules if "secrets" in rule["resources"]]
