@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .daemon import run_server  # loads the whole download stack, for the runs handed over to it
 
         return run_server(server)
+    if args[:1] == ["proxy"]:
+        from .mirror.cli import main as run_proxy  # the registry mirror (dfdaemon's role)
+
+        return run_proxy(args[1:])
     options = download_args(args)
     if not options["verbose"]:  # --verbose shows this run's debug log on this process's stderr
         code = delegate(options)

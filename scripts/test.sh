@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 debian_packages=(
   docker-registry   # tests/preheat: a real Docker registry (distribution 2.8)
   nginx             # tests/interop: the Go supernode's download port, as upstream deploys it
+  containerd        # tests/mirror: the container runtime that pulls through the registry mirror (CRI PullImage)
+  skopeo            # tests/mirror: copies a test image between registries as a user would
 )
 
 missing=()

@@ -1,0 +1,78 @@
+"""The node's blobs: the verified ones on disk, and the ones in flight that later requests join.
+
+Layout under ``{home}/mirror``: ``blobs/sha256/<hex>`` holds blobs whose digest was checked here;
+``incoming/`` holds the outputs of dfget runs until their digest is checked (a mismatch deletes
+them). A second request for a blob in flight joins the same :class:`BlobDownload` instead of
+starting another swarm download, as containerd does when two images share a layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from .blobs import BlobDownload, BlobRequest
+from .metrics import MirrorMetrics
+
+log = logging.getLogger(__name__)
+
+
+class BlobStore:
+    def __init__(self, root: Path, metrics: MirrorMetrics) -> None:
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+        self.incoming = root / "incoming"
+        self.metrics = metrics
+        self._inflight: dict[str, BlobDownload] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def cached(self, digest: str) -> Path | None:
+        """The verified local copy of ``digest``, if the node has one."""
+        path = self.blobs / digest.removeprefix("sha256:")
+        return path if path.is_file() else None
+
+    def incoming_path(self, digest: str) -> Path:
+        return self.incoming / digest.removeprefix("sha256:")
+
+    def inflight(self, digest: str) -> BlobDownload | None:
+        return self._inflight.get(digest)
+
+    def start(self, request: BlobRequest) -> BlobDownload:
+        """The download of ``request.digest``: the one in flight, or a new one started now."""
+        running = self._inflight.get(request.digest)
+        if running is not None:
+            return running
+        download = BlobDownload(request, on_done=self._done)
+        self._inflight[request.digest] = download
+        job = asyncio.create_task(download.run(), name=f"mirror-blob-{request.digest[7:19]}")
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return download
+
+    async def _done(self, download: BlobDownload) -> None:
+        digest = download.request.digest
+        self._inflight.pop(digest, None)
+        outcome = download.outcome
+        self.metrics.record(outcome, complete=download.complete, size=download.size)
+        published = download.published
+        if published is None:
+            return
+        try:
+            if download.complete:
+                await asyncio.to_thread(os.replace, published, self.blobs / digest.removeprefix("sha256:"))
+            else:
+                await asyncio.to_thread(published.unlink, True)
+        except OSError as exc:
+            log.warning("cannot keep blob %s: %s", digest, exc)
+
+    async def close(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
+        for job in list(self._jobs):
+            with contextlib.suppress(asyncio.CancelledError):
+                await job

@@ -1,0 +1,90 @@
+"""containerd pulls through the node mirrors by CRI ``PullImage``, as kubelet does, on four nodes at once.
+
+A green pull proves nothing by itself (containerd silently falls back to the registry), so every
+test asserts on the counting proxy in front of the registry and on the mirrors' own counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from tests.mirror.conftest import Node, NodesFactory
+from tests.mirror.images import PushedImage, push_image, random_image_layers
+from tests.preheat.conftest import RegistryFactory
+from tests.v1proto import SupernodeProcess
+
+pytestmark = pytest.mark.mirror
+
+MIB = 1024 * 1024
+
+
+async def _pull_everywhere(nodes: list[Node], registry, image: PushedImage) -> None:
+    refs = await asyncio.gather(*(n.pull(registry, f"{image.name}:{image.tag}") for n in nodes))
+    assert refs == [image.config.digest] * len(nodes)
+
+
+async def _mirror_totals(nodes: list[Node]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for node in nodes:
+        for series, value in (await node.mirror.metrics()).items():
+            totals[series] = totals.get(series, 0.0) + value
+    return totals
+
+
+async def test_four_nodes_pull_one_image_with_the_registry_sending_it_once(
+        make_registry: RegistryFactory, make_nodes: NodesFactory, supernode: SupernodeProcess) -> None:
+    registry = await make_registry()
+    image = await push_image(registry.pusher, "team/app", "v1", random_image_layers(64 * MIB, 3 * MIB))
+    nodes = await make_nodes(registry, 4, supernodes=[f"127.0.0.1:{supernode.api_port}"])
+
+    await _pull_everywhere(nodes, registry, image)
+
+    sent = registry.proxy.total_blob_bytes()
+    print(f"registry blob bytes: {sent} for an image of {image.size} ({sent / image.size:.3f}x), 4 nodes")
+    assert sent <= 1.05 * image.size
+    totals = await _mirror_totals(nodes)
+    assert totals['dragonfly_mirror_blobs_total{source="swarm"}'] == 4 * len(image.blobs)
+    assert totals['dragonfly_mirror_blobs_total{source="registry"}'] == 0
+    assert totals['dragonfly_mirror_blob_bytes_total{source="registry"}'] == 0
+    swarm = totals['dragonfly_mirror_blob_bytes_total{source="peer"}'] + \
+        totals['dragonfly_mirror_blob_bytes_total{source="cdn"}']
+    assert swarm == 4 * image.size
+
+
+async def test_a_preheated_image_is_pulled_with_no_blob_bytes_from_the_registry(
+        make_registry: RegistryFactory, make_nodes: NodesFactory, supernode: SupernodeProcess) -> None:
+    registry = await make_registry()
+    image = await push_image(registry.pusher, "team/preheated", "v2", random_image_layers(8 * MIB, 1 * MIB))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{supernode.api_url}/api/v1/preheats", json={
+                "type": "image", "url": registry.manifest_url(image.name, image.tag)}) as resp:
+            answer = await resp.json()
+            assert resp.status == 201, answer
+        info = await _wait_preheat(http, supernode.api_url, answer["ID"])
+    assert info["status"] == "SUCCESS", info
+    preheated = registry.proxy.total_blob_bytes()
+    assert preheated == image.size
+    nodes = await make_nodes(registry, 4, supernodes=[f"127.0.0.1:{supernode.api_port}"])
+
+    await _pull_everywhere(nodes, registry, image)
+
+    print(f"registry blob bytes during the pulls after the preheat: {registry.proxy.total_blob_bytes() - preheated}")
+    assert registry.proxy.total_blob_bytes() == preheated
+    totals = await _mirror_totals(nodes)
+    assert totals['dragonfly_mirror_blobs_total{source="swarm"}'] == 4 * len(image.blobs)
+
+
+async def _wait_preheat(http: aiohttp.ClientSession, api: str, pid: str, within: float = 60.0) -> dict:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    info: dict = {}
+    while loop.time() < deadline:
+        async with http.get(f"{api}/api/v1/preheats/{pid}") as resp:
+            info = await resp.json()
+        if info.get("status") in ("SUCCESS", "FAILED"):
+            return info
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"preheat {pid} not finished within {within:g}s: {info}")
