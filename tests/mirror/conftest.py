@@ -43,8 +43,8 @@ class Node:
     containerd: Containerd
     mirror: Mirror
 
-    async def pull(self, registry: Registry, image: str, timeout: float = 180.0) -> str:
-        return await self.containerd.pull(f"{registry.proxy.host}/{image}", timeout)
+    async def pull(self, registry: Registry, image: str, within: float = 180.0) -> str:
+        return await self.containerd.pull(f"{registry.proxy.host}/{image}", within)
 
 
 NodesFactory = Callable[..., Awaitable[list[Node]]]

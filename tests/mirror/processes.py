@@ -76,8 +76,9 @@ class Containerd:
         config = self.workdir / "config.toml"
         config.write_text(self.config())
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([CONTAINERD, "--config", str(config)], stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log, start_new_session=True)
+            self.proc = await asyncio.to_thread(subprocess.Popen, [CONTAINERD, "--config", str(config)],
+                                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                                start_new_session=True)
         client = CriClient(self.socket)
         deadline = time.monotonic() + ready_within
         try:
@@ -93,10 +94,10 @@ class Containerd:
         raise ProcessError(f"containerd did not answer CRI Version within {ready_within:g}s:\n"
                            f"{self.log_path.read_text(errors='replace')[-3000:]}")
 
-    async def pull(self, image: str, timeout: float = 180.0) -> str:
+    async def pull(self, image: str, within: float = 180.0) -> str:
         client = CriClient(self.socket)
         try:
-            return await asyncio.to_thread(client.pull, image, timeout)
+            return await asyncio.to_thread(client.pull, image, within)
         finally:
             client.close()
 
@@ -138,8 +139,9 @@ class Mirror:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv(), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, start_new_session=True)
+            self.proc = await asyncio.to_thread(subprocess.Popen, self.argv(), cwd=REPO_ROOT, env=env,
+                                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                                start_new_session=True)
         deadline = time.monotonic() + ready_within
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline and self.proc.poll() is None:
