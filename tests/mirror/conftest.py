@@ -47,7 +47,38 @@ class Node:
         return await self.containerd.pull(f"{registry.proxy.host}/{image}", within)
 
 
+MirrorFactory = Callable[..., Awaitable[Mirror]]
 NodesFactory = Callable[..., Awaitable[list[Node]]]
+
+
+def _mirror(registry: Registry, workdir: Path, ip: str, supernodes: list[str], args: list[str] | None) -> Mirror:
+    return Mirror(workdir, ip, free_port(ip), registries=[f"{registry.proxy.host}={registry.proxy.url}"],
+                  nodes=supernodes, extra=args)
+
+
+async def _stop_mirror(mirror: Mirror) -> None:
+    mirror.stop()
+    await mirror.stop_uploader()
+    print(f"--- mirror {mirror.ip} log tail ---\n{mirror.log_text(2500)}")
+
+
+@pytest.fixture
+async def make_mirror(tmp_path: Path) -> AsyncIterator[MirrorFactory]:
+    """``await make_mirror(registry, supernodes=[...], mirror_args=[...])``: a started mirror on 127.0.0.21+."""
+    started: list[Mirror] = []
+
+    async def make(registry: Registry, *, supernodes: list[str], mirror_args: list[str] | None = None) -> Mirror:
+        ip = f"127.0.0.{21 + len(started)}"
+        mirror = _mirror(registry, tmp_path / f"mirror-{len(started)}", ip, supernodes, mirror_args)
+        started.append(mirror)
+        await mirror.start()
+        return mirror
+
+    try:
+        yield make
+    finally:
+        for mirror in started:
+            await _stop_mirror(mirror)
 
 
 @pytest.fixture
@@ -69,8 +100,7 @@ async def make_nodes(tmp_path: Path) -> AsyncIterator[NodesFactory]:
             index = len(started)
             ip = f"127.0.0.{11 + index}"
             workdir = tmp_path / f"node-{index}"
-            mirror = Mirror(workdir, ip, free_port(ip), registries=[f"{registry.proxy.host}={registry.proxy.url}"],
-                            nodes=supernodes, extra=mirror_args)
+            mirror = _mirror(registry, workdir, ip, supernodes, mirror_args)
             containerd = Containerd(workdir / "containerd")
             node = Node(ip, containerd, mirror)
             started.append(node)
@@ -85,6 +115,4 @@ async def make_nodes(tmp_path: Path) -> AsyncIterator[NodesFactory]:
     finally:
         for node in started:
             node.containerd.stop()
-            node.mirror.stop()
-            await node.mirror.stop_uploader()
-            print(f"--- mirror {node.ip} log tail ---\n{node.mirror.log_text(2500)}")
+            await _stop_mirror(node.mirror)
