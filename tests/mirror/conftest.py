@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import supernode  # noqa: F401 - the real supernode process, shared with tests/dfget
 from tests.mirror.processes import CONTAINERD, Containerd, Mirror
 from tests.preheat.conftest import Registry, http, make_registry  # noqa: F401 - shared registry fixtures
 from tests.v1proto import free_port

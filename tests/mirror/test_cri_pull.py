@@ -14,7 +14,7 @@ import pytest
 from tests.mirror.conftest import Node, NodesFactory
 from tests.mirror.images import PushedImage, push_image, random_image_layers
 from tests.preheat.conftest import RegistryFactory
-from tests.v1proto import SupernodeProcess
+from tests.v1proto import ClientFactory, SupernodeProcess, UploaderFactory
 
 pytestmark = pytest.mark.mirror
 
@@ -88,3 +88,26 @@ async def _wait_preheat(http: aiohttp.ClientSession, api: str, pid: str, within:
             return info
         await asyncio.sleep(0.2)
     raise AssertionError(f"preheat {pid} not finished within {within:g}s: {info}")
+
+
+async def test_corrupt_pieces_from_a_peer_are_fetched_again_and_never_reach_containerd(
+        make_registry: RegistryFactory, make_nodes: NodesFactory, supernode: SupernodeProcess,
+        make_uploader: UploaderFactory, make_client: ClientFactory) -> None:
+    registry = await make_registry()
+    image = await push_image(registry.pusher, "team/corrupt", "v1", random_image_layers(12 * MIB))
+    layer = image.layers[0]
+    # Peer A holds every piece of the layer (the supernode lists it as a source and prefers it to the CDN),
+    # but flips a byte of every piece it serves.
+    liar = await make_client("127.0.0.2", uploader=await make_uploader("127.0.0.2", corrupt=True))
+    seeded = await liar.download(registry.blob_url(image.name, layer.digest))
+    assert seeded.output.read_bytes() == layer.data
+    [node] = await make_nodes(registry, 1, supernodes=[f"127.0.0.1:{supernode.api_port}"])
+
+    assert await node.pull(registry, f"{image.name}:{image.tag}") == image.config.digest
+
+    refused = [line for line in node.mirror.log_text(100000).splitlines()
+               if "failed" in line and "http://127.0.0.2:" in line and " MD5 " in line]
+    assert refused, "the mirror was handed the liar's pieces and refused them"
+    metrics = await node.mirror.metrics()
+    assert metrics['dragonfly_mirror_blobs_total{source="swarm"}'] == len(image.blobs)
+    assert metrics['dragonfly_mirror_blob_bytes_total{source="registry"}'] == 0
