@@ -53,12 +53,14 @@ def parser() -> argparse.ArgumentParser:
                    help="the node's uploader exits after this long without traffic (default 10m)")
     p.add_argument("--expiretime", dest="expire_time", default="10m", metavar="DURATION",
                    help="the uploader stops serving a blob unused for this long (default 10m)")
+    p.add_argument("--write-hosts-toml", metavar="CERTS_DIR", help="write containerd's CERTS_DIR/<registry>/hosts.toml "
+                   "for every --registry, pointing at this mirror, and exit (the DaemonSet's init container)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
 
-def config_values(argv: Sequence[str]) -> dict[str, Any]:
-    """The validated option values, or usage errors (exit 2)."""
+def config_values(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
+    """The option values and ``--write-hosts-toml``, or usage errors (exit 2)."""
     from .config import docker_auths, parse_registry
 
     args = parser().parse_args(argv)
@@ -89,7 +91,7 @@ def config_values(argv: Sequence[str]) -> dict[str, Any]:
                 by_name[name]["authorization"] = value
     return {"listen": host, "port": int(port), "registries": registries, "nodes": args.nodes or (),
             "ip": args.ip, "home": args.home, "stall_timeout": args.stall_timeout, "alive_time": args.alive_time,
-            "expire_time": args.expire_time, "verbose": args.verbose}
+            "expire_time": args.expire_time, "verbose": args.verbose}, args.write_hosts_toml
 
 
 def _fail(flag: str, message: str) -> NoReturn:
@@ -100,7 +102,7 @@ def _fail(flag: str, message: str) -> NoReturn:
 def main(argv: Sequence[str]) -> int:
     from .config import MirrorConfig
 
-    values = config_values(argv)
+    values, certs_dir = config_values(argv)
     try:
         config = MirrorConfig.model_validate(values)
     except ValidationError as exc:
@@ -108,11 +110,25 @@ def main(argv: Sequence[str]) -> int:
             where = ".".join(str(p) for p in problem["loc"]) or "options"
             print(f"dfget proxy: invalid {where}: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return int(ExitCode.USAGE)
+    if certs_dir is not None:
+        return _write_hosts(config, Path(certs_dir))
     _setup_logging(config.home, config.verbose)
     try:
         return asyncio.run(_serve(config))
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
+
+
+def _write_hosts(config: Any, certs_dir: Path) -> int:
+    from .hosts import mirror_url, write_hosts
+
+    try:
+        for path in write_hosts(certs_dir, config, mirror_url(config)):
+            print(f"dfget proxy: wrote {path}")
+    except OSError as exc:
+        print(f"dfget proxy: cannot write containerd's hosts.toml under {certs_dir}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _setup_logging(home: Path, verbose: bool) -> None:

@@ -92,8 +92,8 @@ async def make_nodes(tmp_path: Path) -> AsyncIterator[NodesFactory]:
         pytest.skip(missing)
     started: list[Node] = []
 
-    async def make(registry: Registry, count: int, *, supernodes: list[str], mirror_args: list[str] | None = None,
-                   ca_file: Path | None = None) -> list[Node]:
+    async def make(registry: Registry, count: int, *, supernodes: list[str],
+                   mirror_args: list[str] | None = None) -> list[Node]:
         nodes = []
         for _ in range(count):
             index = len(started)
@@ -104,8 +104,7 @@ async def make_nodes(tmp_path: Path) -> AsyncIterator[NodesFactory]:
             node = Node(ip, containerd, mirror)
             started.append(node)
             nodes.append(node)
-            containerd.workdir.mkdir(parents=True, exist_ok=True)
-            containerd.mirror(registry.proxy.host, registry.proxy.url, mirror.url, ca_file=ca_file)
+            await mirror.write_hosts(containerd.certs)
         await asyncio.gather(*(n.mirror.start() for n in nodes), *(n.containerd.start() for n in nodes))
         return nodes
 

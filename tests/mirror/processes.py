@@ -60,16 +60,6 @@ class Containerd:
             '[plugins."io.containerd.grpc.v1.cri".containerd]', '  snapshotter = "native"',
             '[plugins."io.containerd.grpc.v1.cri".registry]', f'  config_path = "{self.certs}"', ""])
 
-    def mirror(self, registry: str, server: str, mirror_url: str, *, ca_file: Path | None = None) -> None:
-        """``certs.d/<registry>/hosts.toml``: the mirror first, then the registry itself (``server``)."""
-        directory = self.certs / registry
-        directory.mkdir(parents=True, exist_ok=True)
-        lines = [f'server = "{server}"']
-        if ca_file is not None:
-            lines.append(f'ca = "{ca_file}"')
-        lines += [f'[host."{mirror_url}"]', '  capabilities = ["pull", "resolve"]', ""]
-        (directory / "hosts.toml").write_text("\n".join(lines))
-
     async def start(self, ready_within: float = 30.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.certs.mkdir(exist_ok=True)
@@ -134,10 +124,24 @@ class Mirror:
             argv += ["--node", node]
         return argv
 
-    async def start(self, ready_within: float = 20.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    @staticmethod
+    def _env() -> dict[str, str]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        return env
+
+    async def write_hosts(self, certs_dir: Path) -> None:
+        """``dfget proxy ... --write-hosts-toml``, as the DaemonSet's init container runs it."""
+        proc = await asyncio.create_subprocess_exec(*self.argv(), "--write-hosts-toml", str(certs_dir), cwd=REPO_ROOT,
+                                                    env=self._env(), stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise ProcessError(f"--write-hosts-toml failed ({proc.returncode}): {out.decode(errors='replace')}")
+
+    async def start(self, ready_within: float = 20.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = self._env()
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.to_thread(subprocess.Popen, self.argv(), cwd=REPO_ROOT, env=env,
                                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -32,10 +32,9 @@ def auth_file(tmp_path: Path, registry: Registry) -> Path:
 
 
 async def _pull_through_swarm(registry: Registry, make_nodes: NodesFactory, supernode: SupernodeProcess,
-                              mirror_args: list[str], *, ca_file: Path | None = None) -> None:
+                              mirror_args: list[str]) -> None:
     image = await push_image(registry.pusher, "team/private", "v1", random_image_layers(4 * MIB))
-    nodes = await make_nodes(registry, 2, supernodes=[f"127.0.0.1:{supernode.api_port}"], mirror_args=mirror_args,
-                             ca_file=ca_file)
+    nodes = await make_nodes(registry, 2, supernodes=[f"127.0.0.1:{supernode.api_port}"], mirror_args=mirror_args)
     for node in nodes:
         assert await node.pull(registry, f"{image.name}:{image.tag}") == image.config.digest
         metrics = await node.mirror.metrics()
@@ -70,5 +69,4 @@ async def test_tls_registry_with_a_private_ca(make_registry: RegistryFactory, ma
     registry = await make_registry(tls=True)
     assert registry.tls is not None
     ca = registry.tls.cert_path
-    await _pull_through_swarm(registry, make_nodes, supernode, ["--registry-ca", f"{registry.proxy.host}={ca}"],
-                              ca_file=ca)
+    await _pull_through_swarm(registry, make_nodes, supernode, ["--registry-ca", f"{registry.proxy.host}={ca}"])
