@@ -23,6 +23,10 @@ from ..logfiles import FORMAT
 log = logging.getLogger(__name__)
 
 MIRROR_LOG = "dfmirror.log"
+#: Config field -> the flag it comes from, for error messages.
+FLAGS = {"listen": "--listen", "port": "--listen", "registries": "--registry", "nodes": "--node", "ip": "--ip",
+         "home": "--home", "stall_timeout": "--stall-timeout", "alive_time": "--alivetime",
+         "expire_time": "--expiretime"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,7 +111,7 @@ def main(argv: Sequence[str]) -> int:
         config = MirrorConfig.model_validate(values)
     except ValidationError as exc:
         for problem in exc.errors(include_url=False):
-            where = ".".join(str(p) for p in problem["loc"]) or "options"
+            where = FLAGS.get(str(problem["loc"][0]), str(problem["loc"][0])) if problem["loc"] else "options"
             print(f"dfget proxy: invalid {where}: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return int(ExitCode.USAGE)
     if certs_dir is not None:
