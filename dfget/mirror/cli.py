@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 MIRROR_LOG = "dfmirror.log"
 #: Config field -> the flag it comes from, for error messages.
 FLAGS = {"listen": "--listen", "port": "--listen", "registries": "--registry", "nodes": "--node", "ip": "--ip",
-         "home": "--home", "stall_timeout": "--stall-timeout", "alive_time": "--alivetime",
-         "expire_time": "--expiretime"}
+         "home": "--home", "stall_timeout": "--stall-timeout", "local_limit": "--locallimit",
+         "alive_time": "--alivetime", "expire_time": "--expiretime"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=str(DEFAULT_HOME), help="dfget work home, shared with the node's dfget daemon")
     p.add_argument("--stall-timeout", default="30s", metavar="DURATION",
                    help="fetch from the registry when the swarm sends nothing for this long (default 30s)")
+    p.add_argument("--locallimit", dest="local_limit", default="0", metavar="RATE",
+                   help="download rate limit per blob through the swarm, e.g. 100M (default 0: none)")
     p.add_argument("--alivetime", dest="alive_time", default="10m", metavar="DURATION",
                    help="the node's uploader exits after this long without traffic (default 10m)")
     p.add_argument("--expiretime", dest="expire_time", default="10m", metavar="DURATION",
@@ -94,7 +96,8 @@ def config_values(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
             if name in by_name:
                 by_name[name]["authorization"] = value
     return {"listen": host, "port": int(port), "registries": registries, "nodes": args.nodes or (),
-            "ip": args.ip, "home": args.home, "stall_timeout": args.stall_timeout, "alive_time": args.alive_time,
+            "ip": args.ip, "home": args.home, "stall_timeout": args.stall_timeout, "local_limit": args.local_limit,
+            "alive_time": args.alive_time,
             "expire_time": args.expire_time, "verbose": args.verbose}, args.write_hosts_toml
 
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from ..config import Home, PeerIP, Seconds, _nodes
+from ..config import Home, PeerIP, Rate, Seconds, _nodes
 from ..constants import DEFAULT_HOME
 from ..locator import Node
 
@@ -58,6 +58,8 @@ class MirrorConfig(BaseModel):
     expire_time: Seconds = 600.0
     #: The swarm gets this long without a single new byte before the blob comes from the registry.
     stall_timeout: Seconds = 30.0
+    #: Download rate of one blob through the swarm (dfget's ``-s``); 0: unlimited, since a pull waits on it.
+    local_limit: Rate = 0
     verbose: bool = False
 
     @model_validator(mode="after")

@@ -185,7 +185,7 @@ def _download_config(config: MirrorConfig, upstream: Upstream, path: str, author
     return DownloadConfig(
         url=upstream.url(path), output=output, nodes=config.nodes, notbs=True, ip=config.ip, home=config.home,
         headers=(f"Authorization: {authorization}",) if authorization else (), alive_time=config.alive_time,
-        expire_time=config.expire_time, call_system="dfget-proxy", dfdaemon=True,
+        expire_time=config.expire_time, local_limit=config.local_limit, call_system="dfget-proxy", dfdaemon=True,
         root_cas=(base64.b64encode(ca.encode()).decode(),) if ca else ())
 
 
