@@ -26,7 +26,7 @@ MIRROR_LOG = "dfmirror.log"
 #: Config field -> the flag it comes from, for error messages.
 FLAGS = {"listen": "--listen", "port": "--listen", "registries": "--registry", "nodes": "--node", "ip": "--ip",
          "home": "--home", "stall_timeout": "--stall-timeout", "local_limit": "--locallimit",
-         "alive_time": "--alivetime", "expire_time": "--expiretime"}
+         "alive_time": "--alivetime", "expire_time": "--expiretime", "metrics_port": "--metrics-listen"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the node's uploader exits after this long without traffic (default 10m)")
     p.add_argument("--expiretime", dest="expire_time", default="10m", metavar="DURATION",
                    help="the uploader stops serving a blob unused for this long (default 10m)")
+    p.add_argument("--metrics-listen", default="", metavar="IP:PORT",
+                   help="also serve /metrics and /healthz here (for Prometheus, when --listen is loopback)")
     p.add_argument("--write-hosts-toml", metavar="CERTS_DIR", help="write containerd's CERTS_DIR/<registry>/hosts.toml "
                    "for every --registry, pointing at this mirror, and exit (the DaemonSet's init container)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
@@ -73,6 +75,12 @@ def config_values(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
         _fail("--listen", f"{args.listen!r} is not IP:PORT")
+    metrics_host, metrics_port = "", 0
+    if args.metrics_listen:
+        metrics_host, sep, port_text = args.metrics_listen.rpartition(":")
+        if not sep or not port_text.isdigit():
+            _fail("--metrics-listen", f"{args.metrics_listen!r} is not IP:PORT")
+        metrics_port = int(port_text)
     registries: list[dict[str, Any]] = []
     for spec in args.registry:
         try:
@@ -97,7 +105,7 @@ def config_values(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
                 by_name[name]["authorization"] = value
     return {"listen": host, "port": int(port), "registries": registries, "nodes": args.nodes or (),
             "ip": args.ip, "home": args.home, "stall_timeout": args.stall_timeout, "local_limit": args.local_limit,
-            "alive_time": args.alive_time,
+            "alive_time": args.alive_time, "metrics_listen": metrics_host, "metrics_port": metrics_port,
             "expire_time": args.expire_time, "verbose": args.verbose}, args.write_hosts_toml
 
 
@@ -156,24 +164,32 @@ def _setup_logging(home: Path, verbose: bool) -> None:
 async def _serve(config: Any) -> int:
     from aiohttp import web
 
-    from .server import build_app
+    from .server import METRICS, build_app, build_metrics_app
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False)
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    runners = [runner]
     try:
         try:
             await web.TCPSite(runner, config.listen, config.port, shutdown_timeout=2.0).start()
+            if config.metrics_port:
+                side = web.AppRunner(build_metrics_app(app[METRICS]), access_log=None, handle_signals=False)
+                await side.setup()
+                runners.append(side)
+                await web.TCPSite(side, config.metrics_listen or None, config.metrics_port).start()
         except OSError as exc:
-            print(f"dfget proxy: cannot listen on {config.listen}:{config.port}: {exc}", file=sys.stderr)
+            print(f"dfget proxy: cannot listen: {exc}", file=sys.stderr)
             return 1
         log.info("registry mirror on %s:%d for %s, supernodes %s", config.listen, config.port,
                  ", ".join(f"{r.name}={r.url}" for r in config.registries),
                  ", ".join(str(n) for n in config.nodes) or "none (registry only)")
         await stop.wait()
     finally:
-        await runner.cleanup()
+        for each in reversed(runners):
+            await each.cleanup()
     return 0

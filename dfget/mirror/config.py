@@ -60,6 +60,9 @@ class MirrorConfig(BaseModel):
     stall_timeout: Seconds = 30.0
     #: Download rate of one blob through the swarm (dfget's ``-s``); 0: unlimited, since a pull waits on it.
     local_limit: Rate = 0
+    #: A second listener with only /metrics and /healthz ("" for none), for a mirror bound to loopback.
+    metrics_listen: str = ""
+    metrics_port: int = Field(0, ge=0, le=65535)
     verbose: bool = False
 
     @model_validator(mode="after")

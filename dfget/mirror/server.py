@@ -54,6 +54,15 @@ def build_app(config: MirrorConfig) -> web.Application:
     return app
 
 
+def build_metrics_app(metrics: MirrorMetrics) -> web.Application:
+    """Only ``/metrics`` and ``/healthz``: what Prometheus and the kubelet reach on the node's address."""
+    app = web.Application()
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
 async def _close(app: web.Application) -> None:
     await app[STORE].close()
     for upstream in app[UPSTREAMS].values():

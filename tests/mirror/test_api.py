@@ -11,7 +11,7 @@ import pytest
 from tests.mirror.conftest import MirrorFactory
 from tests.mirror.images import push_image, random_image_layers
 from tests.preheat.conftest import RegistryFactory
-from tests.v1proto import SupernodeProcess
+from tests.v1proto import SupernodeProcess, free_port
 
 pytestmark = pytest.mark.mirror
 
@@ -87,3 +87,13 @@ async def test_a_blob_that_does_not_match_its_digest_never_arrives_complete(
     assert metrics["dragonfly_mirror_blob_failures_total"] == 1
     assert not any((mirror.home / "mirror" / "blobs" / "sha256").iterdir()), "a bad blob is not kept"
     assert "digest mismatch" in mirror.log_text(20000)
+
+
+async def test_metrics_on_a_listener_of_their_own(make_registry: RegistryFactory, make_mirror: MirrorFactory) -> None:
+    registry = await make_registry()
+    port = free_port("127.0.0.1")
+    await make_mirror(registry, supernodes=[], mirror_args=["--metrics-listen", f"127.0.0.1:{port}"])
+    status, _, body = await _get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200 and b'dragonfly_mirror_blobs_total{source="swarm"} 0.0' in body
+    status, _, _ = await _get(f"http://127.0.0.1:{port}/v2/")
+    assert status == 404, "the metrics listener serves no registry API"
