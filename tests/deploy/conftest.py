@@ -49,7 +49,8 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "mirror": {"dfget": {"enabled": True, "mirror": {
         "enabled": True, "authSecret": "node-pull-secret", "registries": [
             {"name": "docker.io", "url": "https://registry-1.docker.io"},
-            {"name": "registry.internal:5000", "ca": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}]}},
+            {"name": "registry.internal:5000",
+             "ca": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}]}},
         "metrics": {"serviceMonitor": {"enabled": True}}},
     "operator-off": {"operator": {"enabled": False},
                      "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}},
