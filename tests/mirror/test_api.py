@@ -10,7 +10,8 @@ import pytest
 
 from tests.mirror.conftest import MirrorFactory
 from tests.mirror.images import push_image, random_image_layers
-from tests.preheat.conftest import RegistryFactory
+from tests.preheat.conftest import PASSWORD, USER, RegistryFactory
+from tests.preheat.registry import basic
 from tests.v1proto import SupernodeProcess, free_port
 
 pytestmark = pytest.mark.mirror
@@ -97,3 +98,42 @@ async def test_metrics_on_a_listener_of_their_own(make_registry: RegistryFactory
     assert status == 200 and b'dragonfly_mirror_blobs_total{source="swarm"} 0.0' in body
     status, _, _ = await _get(f"http://127.0.0.1:{port}/v2/")
     assert status == 404, "the metrics listener serves no registry API"
+
+
+async def test_several_registries_by_ns(make_registry: RegistryFactory, make_mirror: MirrorFactory,
+                                        supernode: SupernodeProcess) -> None:
+    first, second = await make_registry(), await make_registry()
+    one = await push_image(first.pusher, "lib/app", "v1", random_image_layers(1 * MIB))
+    two = await push_image(second.pusher, "lib/app", "v1", random_image_layers(1 * MIB))
+    mirror = await make_mirror(first, supernodes=[f"127.0.0.1:{supernode.api_port}"],
+                               mirror_args=["--registry", f"{second.proxy.host}={second.proxy.url}"])
+    accept = "application/vnd.oci.image.manifest.v1+json"
+    for registry, image in ((first, one), (second, two)):
+        ns = f"ns={registry.proxy.host}"
+        status, headers, _ = await _get(f"{mirror.url}/v2/lib/app/manifests/v1?{ns}", Accept=accept)
+        assert status == 200 and headers["Docker-Content-Digest"] == image.manifest_digest
+        status, _, body = await _get(f"{mirror.url}/v2/lib/app/blobs/{image.layers[0].digest}?{ns}")
+        assert status == 200 and body == image.layers[0].data
+        assert registry.proxy.total_blob_bytes() == len(image.layers[0].data)
+
+
+async def test_the_runtimes_credentials_are_passed_through(make_registry: RegistryFactory,
+                                                           make_mirror: MirrorFactory,
+                                                           supernode: SupernodeProcess) -> None:
+    registry = await make_registry(auth="basic")
+    image = await push_image(registry.pusher, "team/secret", "v1", random_image_layers(2 * MIB))
+    mirror = await make_mirror(registry, supernodes=[f"127.0.0.1:{supernode.api_port}"])  # no node credentials
+    ns = f"ns={registry.proxy.host}"
+    layer = image.layers[0]
+    status, headers, _ = await _get(f"{mirror.url}/v2/team/secret/manifests/v1?{ns}")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic"), "the challenge reaches the runtime"
+    status, _, _ = await _get(f"{mirror.url}/v2/team/secret/blobs/{layer.digest}?{ns}")
+    assert status == 401
+    auth = basic(USER, PASSWORD)
+    status, headers, _ = await _get(f"{mirror.url}/v2/team/secret/manifests/v1?{ns}", Authorization=auth,
+                                    Accept="application/vnd.oci.image.manifest.v1+json")
+    assert status == 200 and headers["Docker-Content-Digest"] == image.manifest_digest
+    status, _, body = await _get(f"{mirror.url}/v2/team/secret/blobs/{layer.digest}?{ns}", Authorization=auth)
+    assert status == 200 and body == layer.data
+    metrics = await mirror.metrics()
+    assert metrics['dragonfly_mirror_blobs_total{source="swarm"}'] == 1, "the supernode fetched with the header"
