@@ -194,6 +194,10 @@ class BlobDownload:
         except DfgetError as exc:
             self.outcome.fallback = f"the swarm failed: {exc}"
             return
+        except Exception as exc:  # whatever goes wrong in the swarm, the registry still has the blob
+            log.exception("blob %s: the dfget run failed unexpectedly", self.request.digest)
+            self.outcome.fallback = f"the swarm failed: {exc.__class__.__name__}: {exc}"
+            return
         finally:
             if not job.done():
                 job.cancel()

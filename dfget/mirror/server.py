@@ -2,10 +2,11 @@
 
 ``/v2/<name>/manifests/<ref>`` and ``/v2/<name>/tags/list`` are relayed to the registry that ``ns``
 names; ``/v2/<name>/blobs/<digest>`` is answered from the node's cache, a download in flight, or a
-new download through the swarm (see :mod:`.blobs`). Every answer the registry gives to a relayed or
-probing request (401 challenges, 404 BLOB_UNKNOWN, ...) reaches the runtime as the registry gave it;
-a registry that cannot be reached gets 502, after which containerd tries the next host of
-``hosts.toml`` and finally the registry itself.
+new download through the swarm (see :mod:`.blobs`), each only after a ``HEAD`` of the blob with the
+runtime's credentials succeeded at the registry (no blob bytes, and no access the registry would
+refuse). Every answer the registry gives to a relayed or probing request (401 challenges, 404
+BLOB_UNKNOWN, ...) reaches the runtime as the registry gave it; a registry that cannot be reached
+gets 502, after which containerd tries the next host of ``hosts.toml`` and finally the registry.
 """
 
 from __future__ import annotations
@@ -131,11 +132,6 @@ async def _answer(request: web.Request, name: str, kind: str, ref: str) -> web.S
 async def _relay(request: web.Request, upstream: Upstream, path: str, scope: str, *, kind: str) -> web.StreamResponse:
     """The registry's answer, streamed through unchanged (status, the headers that matter, body)."""
     query = f"?{request.query_string}" if kind == "tags" and request.query_string else ""
-    local = request.app[STORE].cached(path.rpartition("/")[2]) if kind == "blobs" else None
-    if local is not None and request.method == "HEAD":
-        return web.Response(headers={**API_VERSION, "Content-Length": str(local.stat().st_size),
-                                     "Docker-Content-Digest": path.rpartition("/")[2],
-                                     "Content-Type": "application/octet-stream"})
     async with upstream.request(request.method, path + query, request.headers, scope=scope) as (resp, _):
         headers = {k: v for k in RELAYED for v in resp.headers.getall(k, [])}
         answer = web.StreamResponse(status=resp.status, headers=headers)
@@ -154,6 +150,11 @@ async def _relay(request: web.Request, upstream: Upstream, path: str, scope: str
 async def _blob(request: web.Request, upstream: Upstream, name: str, digest: str, path: str) -> web.StreamResponse:
     app = request.app
     store, metrics, config = app[STORE], app[METRICS], app[CONFIG]
+    # The registry decides who may read the blob, also when this node has it: the mirror never widens access.
+    probe = await _probe(request, upstream, path, pull_scope(name))
+    if isinstance(probe, web.StreamResponse):
+        return probe
+    size, authorization = probe
     local = store.cached(digest)
     if local is not None:
         metrics.local(local.stat().st_size)
@@ -161,10 +162,6 @@ async def _blob(request: web.Request, upstream: Upstream, name: str, digest: str
                                                 "Content-Type": "application/octet-stream"})
     download = store.inflight(digest)
     if download is None:
-        probe = await _probe(request, upstream, path, pull_scope(name))
-        if isinstance(probe, web.StreamResponse):
-            return probe
-        size, authorization = probe
         download = store.start(BlobRequest(
             digest=digest, size=size, path=path, scope=pull_scope(name), authorization=authorization,
             download=_download_config(config, upstream, path, authorization, store.incoming_path(digest)),

@@ -137,3 +137,8 @@ async def test_the_runtimes_credentials_are_passed_through(make_registry: Regist
     assert status == 200 and body == layer.data
     metrics = await mirror.metrics()
     assert metrics['dragonfly_mirror_blobs_total{source="swarm"}'] == 1, "the supernode fetched with the header"
+    status, _, _ = await _get(f"{mirror.url}/v2/team/secret/blobs/{layer.digest}?{ns}")
+    assert status == 401, "the node's copy is no way around the registry's auth"
+    status, _, body = await _get(f"{mirror.url}/v2/team/secret/blobs/{layer.digest}?{ns}", Authorization=auth)
+    assert status == 200 and body == layer.data
+    assert (await mirror.metrics())['dragonfly_mirror_blobs_total{source="local"}'] == 1
