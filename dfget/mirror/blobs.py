@@ -87,6 +87,7 @@ class BlobRequest:
     stall_timeout: float
     upstream: Upstream
     scratch: Path  # where the mirror makes its own file when the swarm never opened one
+    swarm_refused: bool = False  # no swarm: its copy of this blob failed the digest check before
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -153,6 +154,8 @@ class BlobDownload:
         try:
             if self.request.download is not None:
                 await self._from_swarm(self.request.download)
+            elif self.request.swarm_refused:
+                self.outcome.fallback = "the swarm's copy did not match the digest before"
             else:
                 self.outcome.fallback = "no supernode configured"
             if self.available < self.size:

@@ -14,7 +14,7 @@ from .blobs import Outcome, Via
 
 BYTE_SOURCES = ("peer", "cdn", "registry", "local")
 BLOB_SOURCES = ("swarm", "registry", "local")
-FALLBACK_REASONS = ("swarm_failed", "stalled", "no_supernode", "short")
+FALLBACK_REASONS = ("swarm_failed", "stalled", "no_supernode", "short", "bad_swarm_copy")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -25,6 +25,8 @@ def fallback_reason(text: str) -> str:
         return "stalled"
     if "delivered" in text:
         return "short"
+    if "did not match" in text:
+        return "bad_swarm_copy"
     return "swarm_failed"
 
 

@@ -164,8 +164,10 @@ async def _blob(request: web.Request, upstream: Upstream, name: str, digest: str
     if download is None:
         download = store.start(BlobRequest(
             digest=digest, size=size, path=path, scope=pull_scope(name), authorization=authorization,
-            download=_download_config(config, upstream, path, authorization, store.incoming_path(digest)),
-            stall_timeout=config.stall_timeout, upstream=upstream, scratch=store.incoming))
+            download=None if digest in store.swarm_refused else
+            _download_config(config, upstream, path, authorization, store.incoming_path(digest)),
+            stall_timeout=config.stall_timeout, upstream=upstream, scratch=store.incoming,
+            swarm_refused=digest in store.swarm_refused))
     return await _stream(request, download)
 
 

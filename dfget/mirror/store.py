@@ -28,6 +28,8 @@ class BlobStore:
         self.metrics = metrics
         self._inflight: dict[str, BlobDownload] = {}
         self._jobs: set[asyncio.Task[None]] = set()
+        #: Blobs whose copy in the swarm did not match their digest: the next pull goes to the registry.
+        self.swarm_refused: set[str] = set()
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
 
@@ -59,6 +61,9 @@ class BlobStore:
         self._inflight.pop(digest, None)
         outcome = download.outcome
         self.metrics.record(outcome, complete=download.complete, size=download.size)
+        if not download.complete and download.published is not None:
+            log.warning("blob %s: the swarm's copy is bad; its next pull comes from the registry", digest)
+            self.swarm_refused.add(digest)
         published = download.published
         if published is None:
             return

@@ -88,6 +88,13 @@ async def test_a_blob_that_does_not_match_its_digest_never_arrives_complete(
     assert metrics["dragonfly_mirror_blob_failures_total"] == 1
     assert not any((mirror.home / "mirror" / "blobs" / "sha256").iterdir()), "a bad blob is not kept"
     assert "digest mismatch" in mirror.log_text(20000)
+    # The registry is well again; the CDN still holds the bad copy: the next pull goes to the registry.
+    registry.proxy.misbehave.corrupt_blob = ""
+    status, _, body = await _get(url)
+    assert status == 200 and body == layer.data
+    metrics = await mirror.metrics()
+    assert metrics['dragonfly_mirror_fallbacks_total{reason="bad_swarm_copy"}'] == 1
+    assert metrics['dragonfly_mirror_blobs_total{source="registry"}'] == 1
 
 
 async def test_metrics_on_a_listener_of_their_own(make_registry: RegistryFactory, make_mirror: MirrorFactory) -> None:
