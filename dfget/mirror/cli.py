@@ -26,7 +26,8 @@ MIRROR_LOG = "dfmirror.log"
 #: Config field -> the flag it comes from, for error messages.
 FLAGS = {"listen": "--listen", "port": "--listen", "registries": "--registry", "nodes": "--node", "ip": "--ip",
          "home": "--home", "stall_timeout": "--stall-timeout", "local_limit": "--locallimit",
-         "alive_time": "--alivetime", "expire_time": "--expiretime", "metrics_port": "--metrics-listen"}
+         "cache_size": "--cache-size", "alive_time": "--alivetime", "expire_time": "--expiretime",
+         "metrics_port": "--metrics-listen"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
                    help="fetch from the registry when the swarm sends nothing for this long (default 30s)")
     p.add_argument("--locallimit", dest="local_limit", default="0", metavar="RATE",
                    help="download rate limit per blob through the swarm, e.g. 100M (default 0: none)")
+    p.add_argument("--cache-size", dest="cache_size", default="20G", metavar="SIZE",
+                   help="keep the node's blobs up to this size, least recently used out first (default 20G)")
     p.add_argument("--alivetime", dest="alive_time", default="10m", metavar="DURATION",
                    help="the node's uploader exits after this long without traffic (default 10m)")
     p.add_argument("--expiretime", dest="expire_time", default="10m", metavar="DURATION",
@@ -105,7 +108,8 @@ def config_values(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
                 by_name[name]["authorization"] = value
     return {"listen": host, "port": int(port), "registries": registries, "nodes": args.nodes or (),
             "ip": args.ip, "home": args.home, "stall_timeout": args.stall_timeout, "local_limit": args.local_limit,
-            "alive_time": args.alive_time, "metrics_listen": metrics_host, "metrics_port": metrics_port,
+            "cache_size": args.cache_size, "alive_time": args.alive_time, "metrics_listen": metrics_host,
+            "metrics_port": metrics_port,
             "expire_time": args.expire_time, "verbose": args.verbose}, args.write_hosts_toml
 
 

@@ -60,6 +60,8 @@ class MirrorConfig(BaseModel):
     stall_timeout: Seconds = 30.0
     #: Download rate of one blob through the swarm (dfget's ``-s``); 0: unlimited, since a pull waits on it.
     local_limit: Rate = 0
+    #: The node's verified blobs are kept up to this many bytes; the least recently used go first.
+    cache_size: Rate = 20 * 1024**3
     #: A second listener with only /metrics and /healthz ("" for none), for a mirror bound to loopback.
     metrics_listen: str = ""
     metrics_port: int = Field(0, ge=0, le=65535)

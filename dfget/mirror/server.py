@@ -44,7 +44,7 @@ def build_app(config: MirrorConfig) -> web.Application:
     metrics = MirrorMetrics()
     app[CONFIG] = config
     app[METRICS] = metrics
-    app[STORE] = BlobStore(config.cache_dir, metrics)
+    app[STORE] = BlobStore(config.cache_dir, metrics, limit=config.cache_size)
     app[UPSTREAMS] = {r.name: Upstream(r) for r in config.registries}
     app.router.add_get("/v2/", _ping)
     app.router.add_get("/metrics", _metrics)
@@ -157,6 +157,7 @@ async def _blob(request: web.Request, upstream: Upstream, name: str, digest: str
     size, authorization = probe
     local = store.cached(digest)
     if local is not None:
+        store.used(local)
         metrics.local(local.stat().st_size)
         return web.FileResponse(local, headers={**API_VERSION, "Docker-Content-Digest": digest,
                                                 "Content-Type": "application/octet-stream"})

@@ -4,6 +4,10 @@ Layout under ``{home}/mirror``: ``blobs/sha256/<hex>`` holds blobs whose digest 
 ``incoming/`` holds the outputs of dfget runs until their digest is checked (a mismatch deletes
 them). A second request for a blob in flight joins the same :class:`BlobDownload` instead of
 starting another swarm download, as containerd does when two images share a layer.
+
+The verified blobs are kept up to a size limit: when a new one pushes the total over it, the least
+recently used ones (by modification time, which a cache hit refreshes) are deleted. The uploader
+keeps serving a deleted blob's pieces until its own expiry (its file is a hard link of the same data).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class BlobStore:
-    def __init__(self, root: Path, metrics: MirrorMetrics) -> None:
+    def __init__(self, root: Path, metrics: MirrorMetrics, *, limit: int) -> None:
         self.root = root
+        self.limit = limit
         self.blobs = root / "blobs" / "sha256"
         self.incoming = root / "incoming"
         self.metrics = metrics
@@ -37,6 +42,28 @@ class BlobStore:
         """The verified local copy of ``digest``, if the node has one."""
         path = self.blobs / digest.removeprefix("sha256:")
         return path if path.is_file() else None
+
+    def used(self, path: Path) -> None:
+        """A cache hit: the blob becomes the most recently used."""
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+    def _evict(self, keep: Path) -> None:
+        entries = []
+        for path in self.blobs.iterdir():
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                entries.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries, key=lambda entry: entry[0]):
+            if total <= self.limit:
+                return
+            if path == keep:
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+                log.info("evicted blob sha256:%s (%d bytes) from the node's cache", path.name, size)
 
     def incoming_path(self, digest: str) -> Path:
         return self.incoming / digest.removeprefix("sha256:")
@@ -69,7 +96,10 @@ class BlobStore:
             return
         try:
             if download.complete:
-                await asyncio.to_thread(os.replace, published, self.blobs / digest.removeprefix("sha256:"))
+                kept = self.blobs / digest.removeprefix("sha256:")
+                await asyncio.to_thread(os.replace, published, kept)
+                await asyncio.to_thread(os.utime, kept)
+                await asyncio.to_thread(self._evict, kept)
             else:
                 await asyncio.to_thread(published.unlink, True)
         except OSError as exc:

@@ -623,6 +623,7 @@ def test_mirror_in_the_daemonset(renders: dict[str, Rendered]) -> None:
     assert (config.metrics_listen, config.metrics_port) == ("10.0.0.7", 65002)
     assert [r.name for r in config.registries] == ["docker.io", "registry.internal:5000"]
     assert config.registries[1].url == "https://registry.internal:5000"
+    assert config.cache_size == 20 * 1024**3
     assert [str(n) for n in config.nodes] == [f"{FULL}-0.{HEADLESS}.dragonfly.svc:8002"]
 
 

@@ -149,3 +149,18 @@ async def test_the_runtimes_credentials_are_passed_through(make_registry: Regist
     status, _, body = await _get(f"{mirror.url}/v2/team/secret/blobs/{layer.digest}?{ns}", Authorization=auth)
     assert status == 200 and body == layer.data
     assert (await mirror.metrics())['dragonfly_mirror_blobs_total{source="local"}'] == 1
+
+
+async def test_the_node_cache_keeps_the_most_recently_used_blobs(make_registry: RegistryFactory,
+                                                                 make_mirror: MirrorFactory,
+                                                                 supernode: SupernodeProcess) -> None:
+    registry = await make_registry()
+    image = await push_image(registry.pusher, "team/lru", "v1", random_image_layers(2 * MIB, 2 * MIB))
+    mirror = await make_mirror(registry, supernodes=[f"127.0.0.1:{supernode.api_port}"],
+                               mirror_args=["--cache-size", "3M"])
+    ns = f"ns={registry.proxy.host}"
+    for layer in image.layers:
+        status, _, body = await _get(f"{mirror.url}/v2/team/lru/blobs/{layer.digest}?{ns}")
+        assert status == 200 and body == layer.data
+    kept = {p.name for p in (mirror.home / "mirror" / "blobs" / "sha256").iterdir()}
+    assert kept == {image.layers[1].digest.removeprefix("sha256:")}, "the older blob made room"
