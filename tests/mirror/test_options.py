@@ -68,3 +68,14 @@ def test_hosts_toml_sends_pulls_to_the_mirror_then_the_registry(tmp_path: Path) 
     local_toml = tomllib.loads(local.read_text())
     assert local_toml["server"] == "https://reg.local:5000"
     assert Path(local_toml["ca"]).read_text() == ca.read_text()
+
+
+def test_the_mirrors_register_fields_are_sent_only_when_set() -> None:
+    from dfget.supernode_api import register_body
+
+    common = {"super_node_ip": "s", "raw_url": "u", "task_url": "u", "cid": "c", "ip": "i", "host_name": "h",
+              "port": 0, "path": "p", "md5": "", "identifier": "", "call_system": "", "headers": (), "pattern": "p2p"}
+    assert "rootCAs" not in register_body(**common) and "dfdaemon" not in register_body(**common)
+    body = register_body(**common, root_cas=("Q0E=",), dfdaemon=True)
+    assert list(body)[-3:] == ["pattern", "rootCAs", "dfdaemon"]
+    assert body["rootCAs"] == ["Q0E="] and body["dfdaemon"] is True
