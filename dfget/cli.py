@@ -1,5 +1,7 @@
 """``dfget``: the command line of Go dfget 1.0.6, for a download and for ``dfget server``.
 
+``dfget proxy`` (the node's registry mirror for containerd, :mod:`dfget.mirror`) is dispatched from here too.
+
 This module is the thin front end: it imports the standard library and stdlib-only dfget modules,
 so that ``--help``, ``--version``, usage errors and a download handed to the node's daemon start in
 milliseconds. A download goes to the daemon (:mod:`dfget.delegation`) when one listens on the
