@@ -1,5 +1,7 @@
 """``dfget``: the command line of Go dfget 1.0.6, for a download and for ``dfget server``.
 
+``dfget proxy`` (the node's registry mirror for containerd, :mod:`dfget.mirror`) is dispatched from here too.
+
 This module is the thin front end: it imports the standard library and stdlib-only dfget modules,
 so that ``--help``, ``--version``, usage errors and a download handed to the node's daemon start in
 milliseconds. A download goes to the daemon (:mod:`dfget.delegation`) when one listens on the
@@ -58,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .daemon import run_server  # loads the whole download stack, for the runs handed over to it
 
         return run_server(server)
+    if args[:1] == ["proxy"]:
+        from .mirror.cli import main as run_proxy  # the registry mirror (dfdaemon's role)
+
+        return run_proxy(args[1:])
     options = download_args(args)
     if not options["verbose"]:  # --verbose shows this run's debug log on this process's stderr
         code = delegate(options)

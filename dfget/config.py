@@ -95,6 +95,10 @@ class DownloadConfig(BaseModel):
     verbose: bool = False
     alive_time: Seconds = 300.0
     expire_time: Seconds = 180.0
+    #: Set by the registry mirror, not the command line: CAs of an https registry, base64 PEM, for the
+    #: supernode's fetch, and the ``dfdaemon`` flag of its registers.
+    root_cas: tuple[str, ...] = ()
+    dfdaemon: bool = False
 
     @model_validator(mode="before")
     @classmethod

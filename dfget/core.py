@@ -32,7 +32,7 @@ from .progress import Progress, Source
 from .protocol import NOT_BACKSOURCED, BackSourceReason, make_cid, make_sign, peer_path, task_file_name
 from .ratelimit import TokenBucket
 from .register import RegisterRequest, Registration, register
-from .storage import PieceFile, prepare_output
+from .storage import PieceFile, PieceWatcher, prepare_output
 from .supernode_api import ApiError, SupernodeApi, metrics_body
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,11 @@ async def detect_local_ip(nodes: Sequence[Node]) -> str:
 class DfgetRun:
     """One download; :meth:`execute` returns a :class:`RunResult` or raises ``DfgetError``."""
 
-    def __init__(self, config: DownloadConfig, progress: Progress, sign: str | None = None) -> None:
+    def __init__(self, config: DownloadConfig, progress: Progress, sign: str | None = None,
+                 watcher: PieceWatcher | None = None) -> None:
         self.config = config
         self.progress = progress
+        self.watcher = watcher  # told about the pieces of a download through the supernodes
         # A run the node's daemon does for a caller is signed with the caller's pid: the sign makes the
         # cid and the task file name, which concurrent runs in one daemon must not share.
         self.sign = sign or make_sign()
@@ -168,14 +170,16 @@ class DfgetRun:
         request = RegisterRequest(
             raw_url=config.url, task_url=task_url, cid=cid, ip=ip, host_name=socket.gethostname(),
             port=self.stats.port, path=peer_path(name), md5=config.md5, identifier=config.identifier,
-            call_system=config.call_system, headers=config.headers, pattern="p2p" if uploader else "cdn")
+            call_system=config.call_system, headers=config.headers, pattern="p2p" if uploader else "cdn",
+            root_cas=config.root_cas, dfdaemon=config.dfdaemon)
 
         async def register_again(excluded: set[Node]) -> Registration:
             registration = await register(api, [node for node in nodes if node not in excluded], request)
             self._registered(registration)
             return registration
 
-        target = PieceFile(config.output, self.sign, config.data_dir / f"{name}.service" if uploader else None)
+        target = PieceFile(config.output, self.sign, config.data_dir / f"{name}.service" if uploader else None,
+                           self.watcher)
         published = False
         deadline = asyncio.timeout(config.timeout or None)
         downloader: P2PDownloader | None = None

@@ -42,6 +42,8 @@ class RegisterRequest:
     call_system: str
     headers: tuple[str, ...]
     pattern: str
+    root_cas: tuple[str, ...] = ()  # base64 PEM CAs the supernode verifies an https source with
+    dfdaemon: bool = False  # the download is for a container runtime, through the node's registry mirror
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ async def register(api: SupernodeApi, nodes: Sequence[Node], request: RegisterRe
             super_node_ip=node.host, raw_url=request.raw_url, task_url=request.task_url, cid=request.cid,
             ip=request.ip, host_name=request.host_name, port=request.port, path=request.path, md5=request.md5,
             identifier=request.identifier, call_system=request.call_system, headers=request.headers,
-            pattern=request.pattern,
+            pattern=request.pattern, root_cas=request.root_cas, dfdaemon=request.dfdaemon,
         )
         for attempt in range(WAIT_AUTH_RETRIES):
             try:

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Protocol
 
 from .errors import LocalIOError, Md5Mismatch
 
@@ -60,14 +61,29 @@ def prepare_output(output: Path) -> None:
         raise io_error(f"cannot create the directory of {output}", exc) from exc
 
 
+class PieceWatcher(Protocol):
+    """Someone who reads a download while it runs (the registry mirror streams a layer as pieces arrive).
+
+    ``opened`` names the file the pieces go to, before the first write; ``verified`` follows every
+    piece that passed its checks and was written; ``reset`` says that every byte was forgotten.
+    """
+
+    def opened(self, path: Path) -> None: ...
+
+    def verified(self, offset: int, length: int) -> None: ...
+
+    def reset(self) -> None: ...
+
+
 class PieceFile:
     """The file pieces are written into at their offsets; see the module docstring for the layout."""
 
-    def __init__(self, output: Path, sign: str, service: Path | None) -> None:
+    def __init__(self, output: Path, sign: str, service: Path | None, watcher: PieceWatcher | None = None) -> None:
         self.output = output
         self.temp = temp_path(output, sign, "dfget")
         self.service = service
         self._separate = False
+        self._watcher = watcher
         self._start_digest()
         prepare_output(output)
         try:
@@ -75,6 +91,7 @@ class PieceFile:
         except OSError as exc:
             raise io_error(f"cannot create {self.temp}", exc) from exc
         if service is None:
+            self._tell_opened()
             return
         try:
             service.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +106,11 @@ class PieceFile:
                 self._fd = os.open(service, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             except OSError as exc:
                 raise io_error(f"cannot create {service}", exc) from exc
+        self._tell_opened()
+
+    def _tell_opened(self) -> None:
+        if self._watcher is not None:
+            self._watcher.opened(self.service if self._separate and self.service is not None else self.temp)
 
     def _start_digest(self) -> None:
         self._digest = hashlib.md5()
@@ -106,6 +128,8 @@ class PieceFile:
         """
         if length <= 0:
             return
+        if self._watcher is not None:
+            self._watcher.verified(offset, length)
         self._pending[offset] = offset + length
         if self._hasher is None and not self._hash_failed:
             self._hasher = asyncio.create_task(self._extend_digest())
@@ -166,6 +190,8 @@ class PieceFile:
         """Forget every byte (the piece size changed after a migration, so every offset moved)."""
         self._stop_digest()
         self._start_digest()
+        if self._watcher is not None:
+            self._watcher.reset()
         try:
             await asyncio.to_thread(os.ftruncate, self._fd, 0)
         except OSError as exc:

@@ -77,8 +77,13 @@ class FinishData(_Wire):
 def register_body(
     *, super_node_ip: str, raw_url: str, task_url: str, cid: str, ip: str, host_name: str, port: int, path: str,
     md5: str, identifier: str, call_system: str, headers: Sequence[str], pattern: str,
+    root_cas: Sequence[str] = (), dfdaemon: bool = False,
 ) -> dict[str, Any]:
-    """dfget 1.0.6's RegisterRequest: ``md5`` when the user gave one, else ``identifier`` (§1.4)."""
+    """dfget 1.0.6's RegisterRequest: ``md5`` when the user gave one, else ``identifier`` (§1.4).
+
+    ``rootCAs`` and ``dfdaemon`` are sent only when set (dfdaemon's registers carry them), so a plain
+    dfget run's body stays byte-identical to Go dfget's.
+    """
     body: dict[str, Any] = {
         "superNodeIp": super_node_ip, "rawUrl": raw_url, "taskUrl": task_url, "cid": cid, "ip": ip,
         "hostName": host_name, "port": port, "path": path, "version": PROTOCOL_VERSION,
@@ -92,6 +97,10 @@ def register_body(
     if headers:
         body["headers"] = list(headers)
     body["pattern"] = pattern
+    if root_cas:
+        body["rootCAs"] = list(root_cas)
+    if dfdaemon:
+        body["dfdaemon"] = True
     return body
 
 

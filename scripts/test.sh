@@ -19,6 +19,8 @@ debian_packages=(
   docker-registry   # tests/preheat: a real Docker registry (distribution 2.8)
   nginx             # tests/interop: the Go supernode's download port, as upstream deploys it
   etcd-server       # tests/k8s: the store of the real kube-apiserver (../shared/k8s/bin)
+  containerd        # tests/mirror: the container runtime that pulls through the registry mirror (CRI PullImage)
+  skopeo            # tests/mirror: copies a test image between registries as a user would
 )
 # tests/k8s drive kubectl: Debian's kubernetes-client, unless the machine already has a kubectl.
 command -v kubectl >/dev/null || debian_packages+=(kubernetes-client)

@@ -46,6 +46,12 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     },
     "daemonset": {"dfget": {"enabled": True, "totalLimit": "50M", "tolerations": [{"operator": "Exists"}]}},
     "daemonset-podnet": {"dfget": {"enabled": True, "hostNetwork": False, "fixPermissions": False}},
+    "mirror": {"dfget": {"enabled": True, "mirror": {
+        "enabled": True, "authSecret": "node-pull-secret", "registries": [
+            {"name": "docker.io", "url": "https://registry-1.docker.io"},
+            {"name": "registry.internal:5000",
+             "ca": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}]}},
+        "metrics": {"serviceMonitor": {"enabled": True}}},
     "operator-off": {"operator": {"enabled": False},
                      "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}},
     "operator-namespaced": {"operator": {"watchNamespaces": ["team-a", "team-b"],

@@ -128,9 +128,16 @@ def operator_families() -> tuple[dict[str, str], str]:
     return families_from_source(module.read_text()), str(module.relative_to(ROOT))
 
 
+def mirror_families() -> dict[str, str]:
+    """The registry mirror's (``dfget proxy``) families, registered by :class:`dfget.mirror.metrics.MirrorMetrics`."""
+    from dfget.mirror.metrics import MirrorMetrics
+
+    return {family.name: family.type for family in MirrorMetrics().registry.collect()}
+
+
 def exported_sample_names() -> set[str]:
     operator, _ = operator_families()
-    return sample_names(supernode_families()) | sample_names(operator)
+    return sample_names(supernode_families()) | sample_names(operator) | sample_names(mirror_families())
 
 
 # ------------------------------------------------------------------------------------------- PromQL

@@ -213,6 +213,9 @@ def test_every_workload_is_locked_down(renders: dict[str, Rendered], combination
             added = set(security["capabilities"].get("add", []))
             if container["name"] == "home-permissions":  # the one root init container: chown only
                 assert security["runAsUser"] == 0 and added == {"CHOWN"}
+            elif container["name"] == "containerd-hosts":  # root as the owner of certs.d, no capability
+                assert security["runAsUser"] == 0 and not added
+                assert container in pod["initContainers"], "only the init container that writes hosts.toml"
             else:
                 assert not added and security.get("runAsUser", 1) != 0, (name, container["name"])
                 assert container.get("resources", {}).get("requests"), (name, container["name"])
@@ -613,6 +616,43 @@ def test_dfget_accepts_the_rendered_flags(renders: dict[str, Rendered]) -> None:
     assert config.port == 15001 and str(config.home) == "/home/dfget" and config.ip == "10.0.0.7"
     assert config.alive_time >= 365 * 24 * 3600, "the DaemonSet's uploader must not idle out"
     assert config.total_limit == 50 * 1024**2
+
+
+def test_mirror_in_the_daemonset(renders: dict[str, Rendered]) -> None:
+    from dfget.mirror.cli import config_values
+    from dfget.mirror.config import MirrorConfig
+
+    assert "--registry" not in str(renders["daemonset"].one("DaemonSet")), "the mirror is off by default"
+    out = renders["mirror"]
+    pod = out.one("DaemonSet")["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    mirror = containers["mirror"]
+    assert mirror["command"] == ["dfget", "proxy"]
+    hosts = {c["name"]: c for c in pod["initContainers"]}["containerd-hosts"]
+    assert hosts["args"][-1] == "--write-hosts-toml=/etc/containerd/certs.d"
+    assert hosts["args"][:-1] == mirror["args"], "hosts.toml names the registries the mirror serves"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["containerd-certs"]["hostPath"]["path"] == "/etc/containerd/certs.d"
+    assert volumes["mirror-auth"]["secret"]["secretName"] == "node-pull-secret"
+    ca = out.one("ConfigMap", f"{FULL}-dfget-mirror-ca")
+    assert ca["data"]["1.crt"].startswith("-----BEGIN CERTIFICATE-----")
+    assert out.one("ServiceMonitor", f"{FULL}-mirror")["spec"]["endpoints"][0]["port"] == "mirror-metrics"
+    # The rendered flags are ones `dfget proxy` accepts (files mounted from the ConfigMap and Secret stand in).
+    args = [a.replace("$(DFGET_IP)", "10.0.0.7") for a in mirror["args"]
+            if not a.startswith(("--registry-ca", "--auth-file"))]
+    values, certs = config_values(args)
+    config = MirrorConfig.model_validate(values)
+    assert certs is None and (config.listen, config.port) == ("127.0.0.1", 65001)
+    assert (config.metrics_listen, config.metrics_port) == ("10.0.0.7", 65002)
+    assert [r.name for r in config.registries] == ["docker.io", "registry.internal:5000"]
+    assert config.registries[1].url == "https://registry.internal:5000"
+    assert config.cache_size == 20 * 1024**3
+    assert [str(n) for n in config.nodes] == [f"{FULL}-0.{HEADLESS}.dragonfly.svc:8002"]
+
+
+def test_mirror_needs_the_host_network(helm: Any, render: Any) -> None:
+    with pytest.raises(helm.HelmError, match="hostNetwork"):
+        render({"dfget": {"enabled": True, "hostNetwork": False, "mirror": {"enabled": True}}})
 
 
 # -------------------------------------------------------------------------------- monitoring

@@ -132,6 +132,14 @@ def test_dashboard_shows_what_an_operator_looks_at() -> None:
     assert 'source="peer"' in exprs and 'source="cdn"' in exprs
 
 
+def test_dashboard_shows_the_registry_mirror() -> None:
+    """Blob bytes by source (peers / CDN / registry / node cache), blobs by source, fallbacks and failures."""
+    pytest.importorskip("promql_parser")
+    used = set().union(*(metrics_catalog.metric_names(expr) for _, expr in _targets()))
+    assert {"dragonfly_mirror_blob_bytes_total", "dragonfly_mirror_blobs_total", "dragonfly_mirror_fallbacks_total",
+            "dragonfly_mirror_blob_failures_total"} <= used
+
+
 def test_metric_source_parser_reads_the_supernode_catalogue_exactly() -> None:
     """The operator's metrics are read from its source with the same parser: check it on ours first."""
     parsed = metrics_catalog.families_from_source((ROOT / "supernode" / "metrics.py").read_text())

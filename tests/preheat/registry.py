@@ -304,6 +304,8 @@ class Misbehaviour:
     """(digest, bytes, action): after ``bytes`` of that blob, run ``action`` and drop the connection."""
     corrupt_blob: str = ""
     """Flip one byte in the middle of this blob (same length, other content)."""
+    pause_blob: tuple[str, int, asyncio.Event] | None = None
+    """(digest, bytes, event): after ``bytes`` of that blob, wait for ``event`` before sending the rest."""
     manifests: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     """reference -> (body, content type) served instead of the registry's manifest."""
 
@@ -386,7 +388,12 @@ class CountingProxy:
                 self.misbehave.cut_blob[0] == digest else None
             flip_at = (upstream.content_length or 0) // 2 if is_blob and digest == self.misbehave.corrupt_blob \
                 else -1
+            pause = self.misbehave.pause_blob if is_blob and self.misbehave.pause_blob and \
+                self.misbehave.pause_blob[0] == digest else None
             async for chunk in upstream.content.iter_chunked(64 * 1024):
+                if pause is not None and sent >= pause[1]:
+                    await pause[2].wait()
+                    pause = None
                 if cut is not None and sent + len(chunk) >= cut[1]:
                     await response.write(chunk[:cut[1] - sent])
                     self.blob_bytes[digest] += cut[1] - sent
