@@ -127,6 +127,10 @@ class Run(NamedTuple):
     started: float = 0.0
 
 
+_SAMPLE_MIN = 256 * 1024
+"""Pieces smaller than this (a file's short last piece) take as long as a request does, whatever the rate:
+they say nothing about throughput, and in an average of times one would outweigh every other sample."""
+
 CAPACITY_WEIGHT = 0.25
 """Weight of a new sample in a source's capacity estimate (an exponential moving average)."""
 
@@ -389,8 +393,8 @@ class ProgressState:
         SEMISUC alone serves a short piece (seen as MD5 failures, and blacklisted sources, in a swarm
         of Go dfgets). Our dfget reports SUCCESS after the write as well.
 
-        A success of ``size`` bytes from the source it was handed out from is a throughput sample:
-        the piece's rate times the source's concurrent uploads at that moment estimates what the
+        A success of ``size`` bytes (at least ``_SAMPLE_MIN``) from the source it was handed out from is a
+        throughput sample: the piece's rate times the source's concurrent uploads at that moment estimates what the
         source delivers in total. The client's own download limit caps each sample, so estimates are
         lower bounds; they are compared, never used as promises.
         """
@@ -404,7 +408,7 @@ class ProgressState:
             return
         run = client.running.pop(piece_num, None)
         if run is not None:
-            if size > 0 and status in _HELD and run.dst == dst_pid and run.epoch != _ORPHAN:
+            if size >= _SAMPLE_MIN and status in _HELD and run.dst == dst_pid and run.epoch != _ORPHAN:
                 self._sample(task, client, run, size, now)
             self._release(task, cid, piece_num, run, now)
         peer = self._peers[client.pid]
