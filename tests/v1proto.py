@@ -1273,8 +1273,9 @@ class SupernodeProcess:
     """
 
     def __init__(self, home: Path, log_dir: Path, *, api_port: int, cdn_port: int,
-                 advertise_ip: str = "127.0.0.1") -> None:
+                 advertise_ip: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> None:
         self.home = home
+        self.extra_args = list(extra_args)  # more command-line options, e.g. ("--cdn-task-limit", "1")
         self.log_dir = log_dir
         self.api_port = api_port
         self.cdn_port = cdn_port
@@ -1295,7 +1296,7 @@ class SupernodeProcess:
     def argv(self) -> list[str]:
         return [
             sys.executable, "-m", "supernode", "--home-dir", str(self.home), "--port", str(self.api_port),
-            "--download-port", str(self.cdn_port), "--advertise-ip", self.advertise_ip,
+            "--download-port", str(self.cdn_port), "--advertise-ip", self.advertise_ip, *self.extra_args,
         ]
 
     def stderr_text(self, tail: int = 6000) -> str:
