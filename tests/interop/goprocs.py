@@ -85,9 +85,13 @@ class GoDfgetNodes:
         return self.root / f"go-{ip}"
 
     async def start(self, url: str, *args: str, ip: str = "127.0.0.2", output: Path | None = None,
-                    alive_time: str = GO_ALIVE_TIME) -> Running:
-        """``dfget -u url -o output --node N --ip ip --home H --alivetime T args...`` in a new session."""
-        home = self.home(ip)
+                    alive_time: str = GO_ALIVE_TIME, home: Path | None = None) -> Running:
+        """``dfget -u url -o output --node N --ip ip --home H --alivetime T args...`` in a new session.
+
+        ``home`` defaults to this runner's own one for ``ip``; another one (our dfget's) makes the two
+        programs share a node's uploader.
+        """
+        home = home or self.home(ip)
         output = output or self.root / "out" / f"go-{ip}.bin"
         output.parent.mkdir(parents=True, exist_ok=True)
         argv = [str(self.binary), "-u", url, "-o", str(output), "--node", self.node, "--ip", ip,
@@ -101,8 +105,8 @@ class GoDfgetNodes:
         return running
 
     async def run(self, url: str, *args: str, ip: str = "127.0.0.2", output: Path | None = None,
-                  alive_time: str = GO_ALIVE_TIME) -> Finished:
-        started = await self.start(url, *args, ip=ip, output=output, alive_time=alive_time)
+                  alive_time: str = GO_ALIVE_TIME, home: Path | None = None) -> Finished:
+        started = await self.start(url, *args, ip=ip, output=output, alive_time=alive_time, home=home)
         return await started.wait()
 
     async def close(self) -> None:

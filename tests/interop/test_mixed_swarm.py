@@ -10,6 +10,9 @@ pieces from that peer). The peers join one after the other:
 3. our first uploader leaves (it reports service down, and is never scheduled again), then ours
    again: its only possible peer is the Go one, so its peer pieces went Go -> ours, which our
    dfget's own per-piece log (``--verbose``) confirms by the source's address.
+
+The second case runs both programs on one node with one ``--home``, the way a node moves from Go
+dfget to ours: each reuses the uploader the other started, and that uploader serves its file.
 """
 
 from __future__ import annotations
@@ -72,3 +75,43 @@ async def test_go_and_our_peers_serve_each_other(origin: OriginServer, our_super
     assert any(source.startswith("127.0.0.22:") for source in sources), sources
     assert second.counts()["peers"] > 0, second.stdout
     assert_fetched_once(origin, "/mixed.bin", len(data))
+
+
+async def test_go_and_our_dfget_share_one_nodes_uploader(origin: OriginServer, our_supernode: SupernodeProcess,
+                                                         go_nodes: GoDfgetNodes, nodes: DfgetNodes) -> None:
+    """One node, one ``--home``, both programs: whichever runs first starts the uploader, the other
+    reuses it (``/check`` answers ``name@1.0.6``), and that uploader serves the other's file to peers."""
+    origin.files["/shared-go-first.bin"] = go_first = pattern_bytes(8 * MIB + 1)
+    origin.files["/shared-ours-next.bin"] = ours_next = pattern_bytes(8 * MIB + 2)
+    origin.files["/shared-ours-first.bin"] = ours_first = pattern_bytes(8 * MIB + 3)
+    origin.files["/shared-go-next.bin"] = go_next = pattern_bytes(8 * MIB + 4)
+    api, node = our_supernode.api_url, f"127.0.0.1:{our_supernode.api_port}"
+
+    # A Go uploader, used by our dfget, serves our dfget's file to another of our peers.
+    go_home = nodes.home("127.0.0.24")
+    started = await go_nodes.run(origin.url("/shared-go-first.bin"), ip="127.0.0.24", home=go_home)
+    assert_ok(started, go_first, describe(started))
+    reused = await nodes.run(origin.url("/shared-ours-next.bin"), "--node", node, ip="127.0.0.24")
+    assert_ok(reused, ours_next, reused.describe())
+    assert "reusing the uploader on 127.0.0.24:" in (go_home / "logs" / "dfclient.log").read_text()
+    before = await metric(api, PIECES, source="peer")
+    fetched = await nodes.run(origin.url("/shared-ours-next.bin"), "--node", node, "--verbose", ip="127.0.0.25")
+    assert_ok(fetched, ours_next, fetched.describe())
+    assert await metric(api, PIECES, source="peer") > before
+    assert any(source.startswith("127.0.0.24:") for source in piece_sources(fetched)), piece_sources(fetched)
+
+    # Our uploader, used by Go dfget, serves Go dfget's file to another Go peer.
+    ours_home = nodes.home("127.0.0.26")
+    started = await nodes.run(origin.url("/shared-ours-first.bin"), "--node", node, ip="127.0.0.26")
+    assert_ok(started, ours_first, started.describe())
+    reused = await go_nodes.run(origin.url("/shared-go-next.bin"), ip="127.0.0.26", home=ours_home)
+    assert_ok(reused, go_next, describe(reused))
+    served_by_ours = (ours_home / "logs" / "dfserver.log").read_text()
+    assert re.search(rf"task {re.escape(reused.output.name)}-\S+ finished", served_by_ours), served_by_ours
+    before = await metric(api, PIECES, source="peer")
+    fetched = await go_nodes.run(origin.url("/shared-go-next.bin"), ip="127.0.0.27")
+    assert_ok(fetched, go_next, describe(fetched))
+    assert await metric(api, PIECES, source="peer") > before, "our uploader served no piece of Go dfget's file"
+    for path, data in (("/shared-go-first.bin", go_first), ("/shared-ours-next.bin", ours_next),
+                       ("/shared-ours-first.bin", ours_first), ("/shared-go-next.bin", go_next)):
+        assert_fetched_once(origin, path, len(data))
