@@ -8,6 +8,10 @@ Expensive servers (the origin, our supernode, the Go supernode with nginx) are m
 shared by the tests of a module, which therefore run on one module-scoped event loop and use their
 own file paths (so tasks never collide) and metric deltas (never absolute counts). Every dfget run,
 Go or ours, and every uploader it spawns, is stopped when its test ends.
+
+The peers of this tier use 127.0.77.0/24: the other dfget tests and the benchmarks use 127.0.0.2-9,
+and every dfget (Go or ours) picks its uploader port by the same clock formula, so on a shared
+machine a peer here could otherwise meet another suite's uploader on its address.
 """
 
 from __future__ import annotations

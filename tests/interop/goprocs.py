@@ -84,7 +84,7 @@ class GoDfgetNodes:
     def home(self, ip: str) -> Path:
         return self.root / f"go-{ip}"
 
-    async def start(self, url: str, *args: str, ip: str = "127.0.0.2", output: Path | None = None,
+    async def start(self, url: str, *args: str, ip: str = "127.0.77.2", output: Path | None = None,
                     alive_time: str = GO_ALIVE_TIME, home: Path | None = None) -> Running:
         """``dfget -u url -o output --node N --ip ip --home H --alivetime T args...`` in a new session.
 
@@ -104,7 +104,7 @@ class GoDfgetNodes:
         self.running.append(running)
         return running
 
-    async def run(self, url: str, *args: str, ip: str = "127.0.0.2", output: Path | None = None,
+    async def run(self, url: str, *args: str, ip: str = "127.0.77.2", output: Path | None = None,
                   alive_time: str = GO_ALIVE_TIME, home: Path | None = None) -> Finished:
         started = await self.start(url, *args, ip=ip, output=output, alive_time=alive_time, home=home)
         return await started.wait()

@@ -50,8 +50,8 @@ def registered_task_id(result: Finished) -> str:
 async def test_small_and_empty_files(origin: OriginServer, go_nodes: GoDfgetNodes) -> None:
     origin.files["/go/small.txt"] = small = b"hello from the origin\n" * 50
     origin.files["/go/empty.bin"] = b""
-    assert_downloaded(await go_nodes.run(origin.url("/go/small.txt"), ip="127.0.0.2"), small)
-    result = await go_nodes.run(origin.url("/go/empty.bin"), ip="127.0.0.2",
+    assert_downloaded(await go_nodes.run(origin.url("/go/small.txt"), ip="127.0.77.2"), small)
+    result = await go_nodes.run(origin.url("/go/empty.bin"), ip="127.0.77.2",
                                 output=go_nodes.root / "out" / "empty.bin")
     assert_downloaded(result, b"")
     assert_fetched_once(origin, "/go/small.txt", len(small))
@@ -60,13 +60,13 @@ async def test_small_and_empty_files(origin: OriginServer, go_nodes: GoDfgetNode
 
 async def test_twenty_mib_file(origin: OriginServer, go_nodes: GoDfgetNodes) -> None:
     origin.files["/go/20m.bin"] = data = pattern_bytes(20 * MIB)
-    assert_downloaded(await go_nodes.run(origin.url("/go/20m.bin"), ip="127.0.0.3"), data)
+    assert_downloaded(await go_nodes.run(origin.url("/go/20m.bin"), ip="127.0.77.3"), data)
     assert_fetched_once(origin, "/go/20m.bin", len(data))
 
 
 async def test_missing_file_fails_cleanly(origin: OriginServer, go_nodes: GoDfgetNodes) -> None:
     """404 at the origin: registration fails, Go dfget's own try at the source fails too, and says why."""
-    result = await go_nodes.run(origin.url("/go/missing.bin"), ip="127.0.0.2")
+    result = await go_nodes.run(origin.url("/go/missing.bin"), ip="127.0.77.2")
     assert_failed_cleanly(result, "404")
     assert origin.requests["/go/missing.bin"] >= 1
 
@@ -79,7 +79,7 @@ async def test_four_parallel_peers_share_pieces(origin: OriginServer, our_supern
 
     async def staggered(n: int) -> Finished:
         await asyncio.sleep(0.3 * n)
-        return await go_nodes.run(url, "-s", "10M", ip=f"127.0.0.{10 + n}")
+        return await go_nodes.run(url, "-s", "10M", ip=f"127.0.77.{10 + n}")
 
     results = await asyncio.gather(*(staggered(n) for n in range(4)))
     for result in results:
@@ -92,8 +92,8 @@ async def test_four_parallel_peers_share_pieces(origin: OriginServer, our_supern
 async def test_md5_right_and_wrong(origin: OriginServer, go_nodes: GoDfgetNodes) -> None:
     origin.files["/go/md5.bin"] = data = pattern_bytes(3 * MIB)
     url = origin.url("/go/md5.bin")
-    assert_downloaded(await go_nodes.run(url, "--md5", md5_hex(data), ip="127.0.0.2"), data)
-    wrong = await go_nodes.run(url, "--md5", "0123456789abcdef0123456789abcdef", ip="127.0.0.3",
+    assert_downloaded(await go_nodes.run(url, "--md5", md5_hex(data), ip="127.0.77.2"), data)
+    wrong = await go_nodes.run(url, "--md5", "0123456789abcdef0123456789abcdef", ip="127.0.77.3",
                                output=go_nodes.root / "out" / "wrong-md5.bin")
     assert_failed_cleanly(wrong, "md5")
 
@@ -101,14 +101,14 @@ async def test_md5_right_and_wrong(origin: OriginServer, go_nodes: GoDfgetNodes)
 async def test_filtered_query_params_share_one_task(origin: OriginServer, go_nodes: GoDfgetNodes) -> None:
     """``-f sign``: URLs that differ only in ``sign`` are one task, fetched from the origin once."""
     origin.files["/go/filtered.bin"] = data = pattern_bytes(2 * MIB)
-    first = await go_nodes.run(origin.url("/go/filtered.bin?a=1&sign=one"), "-f", "sign", ip="127.0.0.2")
-    second = await go_nodes.run(origin.url("/go/filtered.bin?a=1&sign=two"), "-f", "sign", ip="127.0.0.3")
+    first = await go_nodes.run(origin.url("/go/filtered.bin?a=1&sign=one"), "-f", "sign", ip="127.0.77.2")
+    second = await go_nodes.run(origin.url("/go/filtered.bin?a=1&sign=two"), "-f", "sign", ip="127.0.77.3")
     assert_downloaded(first, data)
     assert_downloaded(second, data)
     assert registered_task_id(first) == registered_task_id(second)
     assert_fetched_once(origin, "/go/filtered.bin", len(data))
     # The control: without the filter the other sign is another task, and the origin is asked again.
-    third = await go_nodes.run(origin.url("/go/filtered.bin?a=1&sign=three"), ip="127.0.0.4")
+    third = await go_nodes.run(origin.url("/go/filtered.bin?a=1&sign=three"), ip="127.0.77.4")
     assert_downloaded(third, data)
     assert registered_task_id(third) != registered_task_id(first)
     assert origin.full_transfers["/go/filtered.bin"] == 2
@@ -117,7 +117,7 @@ async def test_filtered_query_params_share_one_task(origin: OriginServer, go_nod
 async def test_user_headers_reach_the_origin(origin: OriginServer, go_nodes: GoDfgetNodes, tmp_path: Path) -> None:
     origin.files["/go/header.bin"] = data = pattern_bytes(1 * MIB)
     result = await go_nodes.run(origin.url("/go/header.bin"), "--header", "X-Interop: go-dfget",
-                                "--header", "Authorization: Bearer interop-token", ip="127.0.0.2")
+                                "--header", "Authorization: Bearer interop-token", ip="127.0.77.2")
     assert_downloaded(result, data)
     seen = [request.headers for request in origin.log if request.path == "/go/header.bin"]
     assert seen and all(headers.get("X-Interop") == "go-dfget" for headers in seen), seen

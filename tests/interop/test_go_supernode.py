@@ -30,13 +30,13 @@ async def test_our_peers_download_and_share_through_the_go_supernode(
     origin.files["/go-supernode.bin"] = data = pattern_bytes(20 * MIB)
     url, node = origin.url("/go-supernode.bin"), f"127.0.0.1:{go_supernode.port}"
 
-    first = await nodes.run(url, "--node", node, ip="127.0.0.31")
+    first = await nodes.run(url, "--node", node, ip="127.0.77.31")
     assert_ok(first, data)
     assert first.counts()["supernode"] == pytest.approx(20, abs=0.1), first.stdout
 
     async def staggered(n: int) -> Finished:
         await asyncio.sleep(0.3 * n)
-        return await nodes.run(url, "--node", node, "-s", "16M", ip=f"127.0.0.{32 + n}")
+        return await nodes.run(url, "--node", node, "-s", "16M", ip=f"127.0.77.{32 + n}")
 
     results = await asyncio.gather(*(staggered(n) for n in range(3)))
     for result in results:

@@ -53,12 +53,12 @@ async def test_go_and_our_peers_serve_each_other(origin: OriginServer, our_super
     async def peer_pieces() -> float:
         return await metric(api, PIECES, source="peer")
 
-    first = await nodes.run(url, "--node", node, ip="127.0.0.21")
+    first = await nodes.run(url, "--node", node, ip="127.0.77.21")
     assert_ok(first, data, first.describe())
     assert first.counts()["peers"] == 0, first.stdout
 
     before = await peer_pieces()
-    go = await go_nodes.run(url, "-s", "16M", ip="127.0.0.22")
+    go = await go_nodes.run(url, "-s", "16M", ip="127.0.77.22")
     assert_ok(go, data, describe(go))
     assert await peer_pieces() > before, "the Go dfget got no piece from our dfget's uploader"
 
@@ -67,12 +67,12 @@ async def test_go_and_our_peers_serve_each_other(origin: OriginServer, our_super
     assert await metric(api, SERVICE_DOWN, handler="/peer/service/down", code="200") == downs + 1
 
     before = await peer_pieces()
-    second = await nodes.run(url, "--node", node, "-s", "16M", "--verbose", ip="127.0.0.23")
+    second = await nodes.run(url, "--node", node, "-s", "16M", "--verbose", ip="127.0.77.23")
     assert_ok(second, data, second.describe())
     assert await peer_pieces() > before, "our dfget got no piece from the Go dfget's uploader"
     sources = piece_sources(second)
     assert len(sources) >= len(data) // (4 * MIB), sources
-    assert any(source.startswith("127.0.0.22:") for source in sources), sources
+    assert any(source.startswith("127.0.77.22:") for source in sources), sources
     assert second.counts()["peers"] > 0, second.stdout
     assert_fetched_once(origin, "/mixed.bin", len(data))
 
@@ -88,28 +88,28 @@ async def test_go_and_our_dfget_share_one_nodes_uploader(origin: OriginServer, o
     api, node = our_supernode.api_url, f"127.0.0.1:{our_supernode.api_port}"
 
     # A Go uploader, used by our dfget, serves our dfget's file to another of our peers.
-    go_home = nodes.home("127.0.0.24")
-    started = await go_nodes.run(origin.url("/shared-go-first.bin"), ip="127.0.0.24", home=go_home)
+    go_home = nodes.home("127.0.77.24")
+    started = await go_nodes.run(origin.url("/shared-go-first.bin"), ip="127.0.77.24", home=go_home)
     assert_ok(started, go_first, describe(started))
-    reused = await nodes.run(origin.url("/shared-ours-next.bin"), "--node", node, ip="127.0.0.24")
+    reused = await nodes.run(origin.url("/shared-ours-next.bin"), "--node", node, ip="127.0.77.24")
     assert_ok(reused, ours_next, reused.describe())
-    assert "reusing the uploader on 127.0.0.24:" in (go_home / "logs" / "dfclient.log").read_text()
+    assert "reusing the uploader on 127.0.77.24:" in (go_home / "logs" / "dfclient.log").read_text()
     before = await metric(api, PIECES, source="peer")
-    fetched = await nodes.run(origin.url("/shared-ours-next.bin"), "--node", node, "--verbose", ip="127.0.0.25")
+    fetched = await nodes.run(origin.url("/shared-ours-next.bin"), "--node", node, "--verbose", ip="127.0.77.25")
     assert_ok(fetched, ours_next, fetched.describe())
     assert await metric(api, PIECES, source="peer") > before
-    assert any(source.startswith("127.0.0.24:") for source in piece_sources(fetched)), piece_sources(fetched)
+    assert any(source.startswith("127.0.77.24:") for source in piece_sources(fetched)), piece_sources(fetched)
 
     # Our uploader, used by Go dfget, serves Go dfget's file to another Go peer.
-    ours_home = nodes.home("127.0.0.26")
-    started = await nodes.run(origin.url("/shared-ours-first.bin"), "--node", node, ip="127.0.0.26")
+    ours_home = nodes.home("127.0.77.26")
+    started = await nodes.run(origin.url("/shared-ours-first.bin"), "--node", node, ip="127.0.77.26")
     assert_ok(started, ours_first, started.describe())
-    reused = await go_nodes.run(origin.url("/shared-go-next.bin"), ip="127.0.0.26", home=ours_home)
+    reused = await go_nodes.run(origin.url("/shared-go-next.bin"), ip="127.0.77.26", home=ours_home)
     assert_ok(reused, go_next, describe(reused))
     served_by_ours = (ours_home / "logs" / "dfserver.log").read_text()
     assert re.search(rf"task {re.escape(reused.output.name)}-\S+ finished", served_by_ours), served_by_ours
     before = await metric(api, PIECES, source="peer")
-    fetched = await go_nodes.run(origin.url("/shared-go-next.bin"), ip="127.0.0.27")
+    fetched = await go_nodes.run(origin.url("/shared-go-next.bin"), ip="127.0.77.27")
     assert_ok(fetched, go_next, describe(fetched))
     assert await metric(api, PIECES, source="peer") > before, "our uploader served no piece of Go dfget's file"
     for path, data in (("/shared-go-first.bin", go_first), ("/shared-ours-next.bin", ours_next),
