@@ -1275,7 +1275,7 @@ class SupernodeProcess:
     def __init__(self, home: Path, log_dir: Path, *, api_port: int, cdn_port: int,
                  advertise_ip: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> None:
         self.home = home
-        self.extra_args = list(extra_args)
+        self.extra_args = list(extra_args)  # more command-line options, e.g. ("--cdn-task-limit", "1")
         self.log_dir = log_dir
         self.api_port = api_port
         self.cdn_port = cdn_port
