@@ -19,9 +19,9 @@ from dfget.ratelimit import TokenBucket
 from dfget.supernode_api import metrics_body, register_body
 from dfget.uploader import RangeNotSatisfiable, amend_range, parse_upload_params, valid_task_name
 from supernode import pieces
+from tests.spec import spec_path
 
 MIB = 1024 * 1024
-TRANSCRIPTS = Path(__file__).resolve().parents[3] / "shared" / "spec" / "transcripts"
 
 # ---------------------------------------------------------------------------------------------------
 # Locator
@@ -236,7 +236,7 @@ def test_task_names_stay_in_the_data_dir(name: str, ok: bool) -> None:
 
 def test_register_body_is_byte_identical_to_dfget_1_0_6() -> None:
     """The first register of the two-peers transcript, rebuilt from its fields."""
-    text = (TRANSCRIPTS / "two-peers.txt").read_text()
+    text = spec_path("transcripts", "two-peers.txt").read_text()
     recorded = json.loads(json.loads(text.split("POST /peer/registry", 1)[1].split("body (285 bytes): ", 1)[1]
                                      .split("\n", 1)[0]))
     body = register_body(

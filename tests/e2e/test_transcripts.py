@@ -27,6 +27,7 @@ import aiohttp
 import pytest
 
 from supernode import ids, pieces
+from tests.spec import SPEC_DIR
 from tests.v1proto import (
     CODE_PEER_CONTINUE,
     CODE_PEER_FINISH,
@@ -40,7 +41,7 @@ from tests.v1proto import (
     raw_request,
 )
 
-TRANSCRIPTS = Path(__file__).resolve().parents[3] / "shared" / "spec" / "transcripts"
+TRANSCRIPTS = SPEC_DIR / "transcripts"
 MIB = 1024 * 1024
 RESULT_INFO_KEYS = frozenset({"code", "data", "msg"})
 RECORDED_ADVERTISE_IP = "127.0.0.1"

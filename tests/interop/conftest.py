@@ -25,7 +25,8 @@ import pytest
 import pytest_asyncio
 
 from tests.dfget.conftest import DfgetNodes
-from tests.v1proto import REPO_ROOT, OriginServer, SupernodeProcess, SupernodeStartError, free_port
+from tests.spec import shared_dir
+from tests.v1proto import OriginServer, SupernodeProcess, SupernodeStartError, free_port
 
 from .goprocs import GoDfgetNodes, GoSupernode, Nginx
 
@@ -33,11 +34,6 @@ MIB = 1024 * 1024
 #: Our supernode hands out at most one CDN piece per task at a time here (Go: 4, ours by default: 64),
 #: so that every multi-peer case needs pieces to flow between peers, whatever the timing.
 CDN_TASK_LIMIT = "1"
-
-
-def shared_dir() -> Path:
-    """``$DF_SHARED``, else ``shared/`` beside the repository."""
-    return Path(os.environ["DF_SHARED"]) if os.environ.get("DF_SHARED") else REPO_ROOT.parent / "shared"
 
 
 def _go_path(name: str) -> Path:

@@ -24,6 +24,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.spec import shared_dir
 from tests.tlscerts import self_signed
 from tests.v1proto import free_port
 
@@ -31,11 +32,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_WITHIN = 90.0  # about 4 s on an idle machine; much more on a loaded 2-core one
 STOP_WITHIN = 15.0
 
-
-def shared_dir() -> Path:
-    """The shared folder: ``$DF_SHARED``, else ``../shared`` beside the repository (as CI lays it out)."""
-    env = os.environ.get("DF_SHARED", "").strip()
-    return Path(env) if env else REPO_ROOT.parent / "shared"
 
 
 def apiserver_binary() -> Path:
