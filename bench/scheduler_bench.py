@@ -39,8 +39,9 @@ TASK = "t" * 64
 SUPER = "supernode"
 
 
-def build(peers: int, pieces: int, held: float, rng: random.Random) -> tuple[ProgressState, list[str]]:
-    state = ProgressState(Limits())
+def build(peers: int, pieces: int, held: float, rng: random.Random,
+          cdn_rate: float) -> tuple[ProgressState, list[str]]:
+    state = ProgressState(Limits(cdn_upload_rate=cdn_rate))
     state.add_task(TASK, SUPER)
     state.add_peer(SUPER, serves=False)
     for num in range(pieces):
@@ -57,13 +58,13 @@ def build(peers: int, pieces: int, held: float, rng: random.Random) -> tuple[Pro
     return state, cids
 
 
-def run(peers: int, pieces: int, held: float, calls: int, seed: int) -> dict[str, Any]:
+def run(peers: int, pieces: int, held: float, calls: int, seed: int, cdn_rate: float = 0.0) -> dict[str, Any]:
     rng = random.Random(seed)
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     started = time.perf_counter()
-    state, cids = build(peers, pieces, held, rng)
+    state, cids = build(peers, pieces, held, rng, cdn_rate)
     build_seconds = time.perf_counter() - started
     gc.collect()
     total = tracemalloc.get_traced_memory()[0] - base
@@ -91,6 +92,7 @@ def run(peers: int, pieces: int, held: float, calls: int, seed: int) -> dict[str
     decide.sort()
     return {
         "peers": peers, "pieces": pieces, "held_fraction": held, "calls": calls,
+        "cdn_rate_mib_s": cdn_rate / 2**20 or None,
         "build_seconds": round(build_seconds, 2),
         "memory_bytes": total, "memory_per_peer_bytes": round(total / peers),
         "memory_per_peer_kib": round(total / peers / 1024, 2),
@@ -113,9 +115,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--held", type=float, default=0.1, help="share of the pieces each peer starts with")
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--cdn-rate", type=float, default=0.0,
+                        help="the CDN's known capacity C in MiB/s (the seeding scheduler); default: unknown")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scheduler_bench.json")
     args = parser.parse_args(argv)
-    results = [run(n, args.pieces, args.held, args.calls, args.seed) for n in args.peers]
+    results = [run(n, args.pieces, args.held, args.calls, args.seed, args.cdn_rate * 2**20) for n in args.peers]
     keys = ["peers", "pieces", "decisions_per_s", "decision_p50_us", "decision_p99_us", "pulls_per_s_with_reports",
             "memory_per_peer_kib"]
     print("  ".join(f"{k:>{max(len(k), 8)}}" for k in keys))
