@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -30,7 +31,7 @@ from swarm import free_port
 
 from supernode.units import parse_size
 
-_PATTERN = bytes(i % 251 for i in range(251 * 4096))
+PATTERN = bytes(i % 251 for i in range(251 * 4096))
 
 
 def _rss_kib(pid: int, field: str) -> int:
@@ -40,19 +41,30 @@ def _rss_kib(pid: int, field: str) -> int:
     return 0
 
 
-async def _origin(size: int) -> tuple[web.AppRunner, int]:
+def pattern_chunks(size: int) -> Iterator[bytes]:
+    """The ``size`` bytes of the benchmarks' generated file, in chunks of at most 1 MiB."""
+    left = size
+    while left > 0:
+        chunk = PATTERN[: min(left, len(PATTERN))]
+        yield chunk
+        left -= len(chunk)
+
+
+async def write_pattern(resp: web.StreamResponse, size: int) -> None:
+    for chunk in pattern_chunks(size):
+        await resp.write(chunk)
+
+
+async def pattern_origin(size: int, path: str = "/big.bin") -> tuple[web.AppRunner, int]:
+    """An origin on 127.0.0.1 serving the generated file of ``size`` bytes at ``path``; returns (runner, port)."""
     async def handle(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Length": str(size), "ETag": '"bench"'})
         await resp.prepare(request)
-        left = size
-        while left > 0:
-            chunk = _PATTERN[: min(left, len(_PATTERN))]
-            await resp.write(chunk)
-            left -= len(chunk)
+        await write_pattern(resp, size)
         return resp
 
     app = web.Application()
-    app.router.add_get("/big.bin", handle)
+    app.router.add_get(path, handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()
@@ -62,11 +74,8 @@ async def _origin(size: int) -> tuple[web.AppRunner, int]:
 
 def _expected_md5(size: int) -> str:
     digest = hashlib.md5()
-    left = size
-    while left > 0:
-        chunk = _PATTERN[: min(left, len(_PATTERN))]
+    for chunk in pattern_chunks(size):
         digest.update(chunk)
-        left -= len(chunk)
     return digest.hexdigest()
 
 
@@ -94,7 +103,7 @@ async def stop_supernode(proc: asyncio.subprocess.Process) -> None:
 
 
 async def run(size: int) -> dict[str, object]:
-    runner, origin_port = await _origin(size)
+    runner, origin_port = await pattern_origin(size)
     api, cdn = free_port(), free_port()
     home = tempfile.mkdtemp(prefix="bench-sn-")
     proc = await start_supernode(home, api, cdn)

@@ -29,33 +29,12 @@ import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+from cdn_memory import pattern_origin
 from swarm import free_port
 
 from supernode.units import parse_size
 
-_PATTERN = bytes(i % 251 for i in range(251 * 4096))
 _NO_UVLOOP = "import sys; sys.modules['uvloop'] = None; from supernode.cli import main; raise SystemExit(main())"
-
-
-async def _origin(size: int) -> tuple[web.AppRunner, int]:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Length": str(size), "ETag": '"bench"'})
-        await resp.prepare(request)
-        left = size
-        while left > 0:
-            chunk = _PATTERN[: min(left, len(_PATTERN))]
-            await resp.write(chunk)
-            left -= len(chunk)
-        return resp
-
-    app = web.Application()
-    app.router.add_get("/file.bin", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
 
 
 async def _start_supernode(home: str, api: int, cdn: int, limit: str, use_asyncio: bool
@@ -97,7 +76,7 @@ async def _cache(http: aiohttp.ClientSession, api: int, url: str) -> tuple[str, 
 
 async def measure(limit: str, conns: int, seconds: float, size: int, use_asyncio: bool) -> dict[str, object]:
     rate = parse_size(limit)
-    runner, origin_port = await _origin(size)
+    runner, origin_port = await pattern_origin(size, "/file.bin")
     api, cdn = free_port(), free_port()
     home = tempfile.mkdtemp(prefix="bench-cdnlimit-")
     proc = await _start_supernode(home, api, cdn, limit, use_asyncio)

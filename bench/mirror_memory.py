@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from cdn_memory import _PATTERN, _rss_kib, start_supernode, stop_supernode
+from cdn_memory import _rss_kib, pattern_chunks, start_supernode, stop_supernode, write_pattern
 from swarm import free_port
 
 from supernode.units import parse_size
@@ -37,11 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _blob_digest(size: int) -> str:
     digest = hashlib.sha256()
-    left = size
-    while left > 0:
-        chunk = _PATTERN[: min(left, len(_PATTERN))]
+    for chunk in pattern_chunks(size):
         digest.update(chunk)
-        left -= len(chunk)
     return "sha256:" + digest.hexdigest()
 
 
@@ -54,11 +51,7 @@ async def _registry(size: int, digest: str) -> tuple[web.AppRunner, int]:
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp
-        left = size
-        while left > 0:
-            chunk = _PATTERN[: min(left, len(_PATTERN))]
-            await resp.write(chunk)
-            left -= len(chunk)
+        await write_pattern(resp, size)
         return resp
 
     app = web.Application()

@@ -16,11 +16,11 @@ from tests.v1proto import (
     ClientFactory,
     OriginServer,
     SupernodeProcess,
-    SupernodeStartError,
     UploaderFactory,
     V1Client,
     V1Uploader,
     free_port,
+    running,
 )
 
 
@@ -51,15 +51,8 @@ async def supernode(tmp_path: Path) -> AsyncIterator[SupernodeProcess]:
     node = SupernodeProcess(
         tmp_path / "home", tmp_path, api_port=free_port("127.0.0.1"), cdn_port=free_port("127.0.0.1")
     )
-    try:
-        await node.start()
-    except SupernodeStartError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    async with running(node):
         yield node
-    finally:
-        code = await node.stop()
-        print(f"supernode exited with {code}; stderr tail ({node.stderr_path}):\n{node.stderr_text(3000)}")
 
 
 @pytest.fixture

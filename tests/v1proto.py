@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -1351,3 +1352,18 @@ class SupernodeProcess:
     async def restart(self) -> None:
         await self.stop()
         await self.start()
+
+
+@contextlib.asynccontextmanager
+async def running(node: SupernodeProcess) -> AsyncIterator[SupernodeProcess]:
+    """Start ``node`` (a failed start fails the test with its stderr), stop it at the end and print its stderr tail,
+    so that it shows up in the report of a failed test."""
+    try:
+        await node.start()
+    except SupernodeStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield node
+    finally:
+        code = await node.stop()
+        print(f"supernode exited with {code}; stderr tail ({node.stderr_path}):\n{node.stderr_text(3000)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.v1proto import OriginServer, SupernodeProcess, free_port, pattern_bytes
+from tests.v1proto import OriginServer, SupernodeProcess, free_port, pattern_bytes, running
 
 from .conftest import DfgetNodes, Finished, file_md5, md5_hex, metric, uploader_pid, wait_gone
 
@@ -96,8 +96,7 @@ async def test_a_rate_limited_cdn_seeds_and_the_peers_carry_the_rest(origin: Ori
     """
     node = SupernodeProcess(tmp_path / "home", tmp_path, api_port=free_port("127.0.0.1"),
                             cdn_port=free_port("127.0.0.1"), extra_args=["--cdn-rate-limit", "4M"])
-    await node.start()
-    try:
+    async with running(node):
         size = 16 * MIB
         origin.files["/seeded.bin"] = data = pattern_bytes(size)
         url = origin.url("/seeded.bin")
@@ -112,5 +111,3 @@ async def test_a_rate_limited_cdn_seeds_and_the_peers_carry_the_rest(origin: Ori
         assert cdn_bytes <= 2 * size, f"the CDN sent {cdn_bytes / size:.2f} F"
         assert from_peers >= 4 * size - cdn_bytes - MIB, "the peers served the rest"
         check_origin_sent_once(origin, "/seeded.bin", size)
-    finally:
-        await node.stop()

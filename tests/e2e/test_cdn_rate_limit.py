@@ -25,12 +25,12 @@ from supernode.cdn.egress import chunk_size_for
 from tests.v1proto import (
     OriginServer,
     SupernodeProcess,
-    SupernodeStartError,
     V1Api,
     free_port,
     pattern_bytes,
     peer_path,
     register_body,
+    running,
 )
 
 MIB = 1024 * 1024
@@ -38,29 +38,13 @@ LIMIT = 4 * MIB
 SIZE = 10 * MIB
 
 
-class LimitedSupernode(SupernodeProcess):
-    """``python -m supernode`` with ``--cdn-rate-limit``."""
-
-    def __init__(self, home: Path, log_dir: Path, *, limit: str) -> None:
-        super().__init__(home, log_dir, api_port=free_port(), cdn_port=free_port())
-        self.limit = limit
-
-    def argv(self) -> list[str]:
-        return [*super().argv(), "--listen-host", "127.0.0.1", "--cdn-rate-limit", self.limit]
-
-
 @pytest.fixture
-async def limited(tmp_path: Path) -> AsyncIterator[LimitedSupernode]:
-    node = LimitedSupernode(tmp_path / "home", tmp_path, limit="4M")
-    try:
-        await node.start()
-    except SupernodeStartError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+async def limited(tmp_path: Path) -> AsyncIterator[SupernodeProcess]:
+    """``python -m supernode`` with ``--cdn-rate-limit 4M``."""
+    node = SupernodeProcess(tmp_path / "home", tmp_path, api_port=free_port(), cdn_port=free_port(),
+                            extra_args=("--listen-host", "127.0.0.1", "--cdn-rate-limit", "4M"))
+    async with running(node):
         yield node
-    finally:
-        code = await node.stop()
-        print(f"supernode exited with {code}; stderr tail:\n{node.stderr_text(3000)}")
 
 
 async def cached_task(session: aiohttp.ClientSession, node: SupernodeProcess, url: str) -> str:
@@ -80,7 +64,7 @@ async def cached_task(session: aiohttp.ClientSession, node: SupernodeProcess, ur
         await asyncio.sleep(0.1)
 
 
-async def test_three_connections_share_the_limit(origin: OriginServer, limited: LimitedSupernode) -> None:
+async def test_three_connections_share_the_limit(origin: OriginServer, limited: SupernodeProcess) -> None:
     data = pattern_bytes(SIZE)
     origin.files["/limited.bin"] = data
     piece_size = pieces.piece_size_for(SIZE)

@@ -26,7 +26,7 @@ import pytest_asyncio
 
 from tests.dfget.conftest import DfgetNodes
 from tests.spec import shared_dir
-from tests.v1proto import OriginServer, SupernodeProcess, SupernodeStartError, free_port
+from tests.v1proto import OriginServer, SupernodeProcess, free_port, running
 
 from .goprocs import GoDfgetNodes, GoSupernode, Nginx
 
@@ -97,15 +97,8 @@ async def our_supernode(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
     root = tmp_path_factory.mktemp("our-supernode")
     node = SupernodeProcess(root / "home", root, api_port=free_port(), cdn_port=free_port(),
                             extra_args=("--cdn-task-limit", CDN_TASK_LIMIT))
-    try:
-        await node.start()
-    except SupernodeStartError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    async with running(node):
         yield node
-    finally:
-        code = await node.stop()
-        print(f"our supernode exited with {code}; stderr tail:\n{node.stderr_text(3000)}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
