@@ -44,7 +44,7 @@ class Supernode:
         self.settings = settings
         self.metrics = Metrics(__version__)
         #: The download port's total egress rate C in bytes per second, None when unlimited: the piece
-        #: server paces to it, and the scheduler's view of the CDN's capacity should read it from here.
+        #: server paces to it, and the scheduler takes it as the CDN's capacity (Limits.cdn_upload_rate).
         self.cdn_egress_rate: int | None = settings.cdn_egress_rate
         self.metrics.cdn_rate_limit_bytes.set(self.cdn_egress_rate or 0)
         self.store = CacheStore(settings.repo_dir)

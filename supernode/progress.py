@@ -203,7 +203,7 @@ class ProgressState:
         """Moving average of single-piece rates (bytes/s): how fast one flow of a piece moves. Taken from
         pieces peers served once there are any: a saturated CDN's flows are slow because the CDN runs too
         many, and counting them would make the scheduler give it more."""
-        self._peer_flows = 0
+        self._peer_rated = False
         self.down_capacity = 0.0
         """The download capacity estimate over every client's samples: the guess for one not measured yet."""
 
@@ -451,15 +451,15 @@ class ProgressState:
             return
         concurrent = task.super_load if run.dst == task.super_pid else source.load
         rate = size / seconds
-        if run.dst != task.super_pid:
-            self.piece_rate = rate if not self._peer_flows else _average(self.piece_rate, rate)
-            self._peer_flows += 1
-        elif not self._peer_flows:
-            self.piece_rate = _average(self.piece_rate, rate)
         sample = rate * max(concurrent, 1)
         source.capacity = _average(source.capacity, sample)
         if run.dst != task.super_pid:
+            # the first piece a peer served replaces what the CDN's pieces suggested
+            self.piece_rate = _average(self.piece_rate if self._peer_rated else 0.0, rate)
+            self._peer_rated = True
             self.peer_capacity = _average(self.peer_capacity, sample)
+        elif not self._peer_rated:
+            self.piece_rate = _average(self.piece_rate, rate)
         down = rate * (len(client.running) + 1)
         receiver = self._peers[client.pid]
         receiver.down_capacity = _average(receiver.down_capacity, down)
