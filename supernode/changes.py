@@ -5,41 +5,60 @@ A ``/peer/task`` that would answer 602 ("wait") is held for a moment instead (se
 back, idle all that time, even when the CDN finished a piece or a source freed an upload slot a
 millisecond after the answer. Whatever can turn a 602 into pieces - a CDN piece sealed or failed, a
 piece outcome recorded (which frees a download slot and an upload slot, and may add a holder) -
-notifies the task here, and every pull held on it schedules again at once.
+notifies the task here, and every pull held on it schedules again.
+
+The held pulls wake in order of priority (lowest first; the task manager uses the pieces a client
+holds), one event-loop step after the notification. That step lets the pull that reported the change
+join the queue first, so a freed source goes to the client that lags most rather than to whoever
+happened to report: the sources of a swarm are its clients, and a client that lags holds fewer
+pieces anyone still needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 
 class TaskChanges:
-    """One event per task with waiters; a notification wakes every current waiter, then is forgotten."""
+    """Per task, the pulls waiting for a change; a notification wakes all of them, lowest priority first."""
 
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-        self._waiters: dict[str, int] = {}
+        self._waiters: dict[str, dict[asyncio.Future[None], tuple[int, int]]] = {}
+        self._due: set[str] = set()
+        self._order = itertools.count()
 
     def notify(self, task_id: str) -> None:
-        event = self._events.pop(task_id, None)
-        if event is not None:
-            event.set()
+        """Wake every pull waiting on ``task_id`` at the next step of the event loop."""
+        waiters = self._waiters.get(task_id)
+        if not waiters or task_id in self._due:
+            return
+        self._due.add(task_id)
+        next(iter(waiters)).get_loop().call_soon(self._wake, task_id)
 
-    async def wait(self, task_id: str, within: float) -> bool:
+    def waiting(self, task_id: str) -> bool:
+        """Whether some pull is waiting on ``task_id``."""
+        return bool(self._waiters.get(task_id))
+
+    async def wait(self, task_id: str, within: float, priority: int = 0) -> bool:
         """Until the next notification for ``task_id`` (True) or ``within`` seconds (False)."""
-        event = self._events.get(task_id)
-        if event is None:
-            event = self._events[task_id] = asyncio.Event()
-        self._waiters[task_id] = self._waiters.get(task_id, 0) + 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(task_id, {})
+        waiters[future] = (priority, next(self._order))
         try:
             async with asyncio.timeout(within):
-                await event.wait()
+                await future
             return True
         except TimeoutError:
             return False
         finally:
-            left = self._waiters.pop(task_id) - 1
-            if left:
-                self._waiters[task_id] = left
-            elif self._events.get(task_id) is event:
-                del self._events[task_id]  # an idle task keeps nothing here
+            waiters.pop(future, None)
+            if not waiters and self._waiters.get(task_id) is waiters:
+                del self._waiters[task_id]  # an idle task keeps nothing here
+
+    def _wake(self, task_id: str) -> None:
+        self._due.discard(task_id)
+        waiters = self._waiters.pop(task_id, {})
+        for future, _ in sorted(waiters.items(), key=lambda item: item[1]):
+            if not future.done():
+                future.set_result(None)

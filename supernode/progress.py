@@ -131,6 +131,12 @@ _SAMPLE_MIN = 256 * 1024
 """Pieces smaller than this (a file's short last piece) take as long as a request does, whatever the rate:
 they say nothing about throughput, and in an average of times one would outweigh every other sample."""
 
+_SAMPLE_MIN_SECONDS = 0.05
+"""Pieces that took less than this (from hand-out to report) are not sampled either. Go dfget's rate
+limiter lets a whole piece through at memory speed after its uploader idled (its token bucket holds
+about a second of tokens): such a piece says what the bucket held, not what the peer sustains, and as
+a first sample it made one peer look 30 times faster than it is, and get five uploads at once."""
+
 CAPACITY_WEIGHT = 0.25
 """Weight of a new sample in a source's capacity estimate (an exponential moving average)."""
 
@@ -168,6 +174,8 @@ class ClientProgress:
     pid: str
     done: set[int] = field(default_factory=set)
     running: dict[int, Run] = field(default_factory=dict)
+    idle_since: float | None = None
+    """When the scheduler first told this client to wait while it had nothing running; None while it runs."""
 
 
 @dataclass(slots=True, eq=False)
@@ -185,6 +193,9 @@ class TaskProgress:
     """piece -> running entries of it (from any source; absent when 0): pieces on their way to a peer."""
     holding_peers: set[str] = field(default_factory=set)
     clients: dict[str, ClientProgress] = field(default_factory=dict)
+    hungry: dict[str, float] = field(default_factory=dict)
+    """CID -> when it was last told to wait while it had no piece at all and every source was busy;
+    oldest first. See ``supernode.scheduler``: such clients come first for the next free source."""
     super_load: int = 0
     super_mtime: float = 0.0
     super_epoch: int = 0
@@ -199,13 +210,11 @@ class ProgressState:
         self._tasks: dict[str, TaskProgress] = {}
         self.peer_capacity = 0.0
         """The same estimate over every peer's samples: the guess for a peer not measured yet."""
-        self.piece_rate = 0.0
-        """Moving average of single-piece rates (bytes/s): how fast one flow of a piece moves. Taken from
-        pieces peers served once there are any: a saturated CDN's flows are slow because the CDN runs too
-        many, and counting them would make the scheduler give it more."""
-        self._peer_rated = False
         self.down_capacity = 0.0
-        """The download capacity estimate over every client's samples: the guess for one not measured yet."""
+        """The download capacity estimate over every client's samples: the guess for one not measured yet.
+        Only pieces peers served count: a CDN flow moves at the CDN's share (C over the flows it runs), so
+        with a saturated CDN its flows say how many it runs, and counting them as what a client can take
+        made the scheduler hand the CDN more flows each round (seen: 8 at once, each at a crawl)."""
 
     # -- lookups (the scheduler reads these records; only this class mutates them) --
 
@@ -340,6 +349,7 @@ class ProgressState:
             return
         for num, run in client.running.items():
             self._release(task, cid, num, run, None)
+        task.hungry.pop(cid, None)
         del self._peers[client.pid].clients[task_id, cid]
 
     def client_done(self, task_id: str, cid: str) -> frozenset[int]:
@@ -447,19 +457,15 @@ class ProgressState:
         """
         seconds = now - run.started
         source = self._peers.get(run.dst)
-        if seconds <= 0 or source is None:
+        if seconds < _SAMPLE_MIN_SECONDS or source is None:
             return
         concurrent = task.super_load if run.dst == task.super_pid else source.load
         rate = size / seconds
         sample = rate * max(concurrent, 1)
         source.capacity = _average(source.capacity, sample)
-        if run.dst != task.super_pid:
-            # the first piece a peer served replaces what the CDN's pieces suggested
-            self.piece_rate = _average(self.piece_rate if self._peer_rated else 0.0, rate)
-            self._peer_rated = True
-            self.peer_capacity = _average(self.peer_capacity, sample)
-        elif not self._peer_rated:
-            self.piece_rate = _average(self.piece_rate, rate)
+        if run.dst == task.super_pid:
+            return
+        self.peer_capacity = _average(self.peer_capacity, sample)
         down = rate * (len(client.running) + 1)
         receiver = self._peers[client.pid]
         receiver.down_capacity = _average(receiver.down_capacity, down)

@@ -37,8 +37,19 @@ _CDN_START = 2
 """Pieces the CDN sends at once for a task before anything is measured: the first pieces of a swarm are
 the ones everybody waits for, so they go out one or two at a time, each at a client's full speed."""
 
+_CDN_FRESH_SLOTS = 2
+"""Flows a finite CDN keeps for fresh pieces: it sends a piece that peers hold only while more are free."""
+
 _FLOWS_START = 2
 """Pieces a client runs at once, with a finite CDN, before its download capacity is measured."""
+
+_STARVED = 1.0
+"""Seconds a client waits with nothing running before a finite CDN sends it a piece that peers hold: long
+enough for a busy holder to free up, short enough that no client idles for long."""
+
+_HUNGRY_TTL = 3.0
+"""Seconds a client that waited with no piece stays first in line for a free source: longer than a held pull
+(``pull_hold``, 1 s) plus dfget's longest back-off after a 602 (1.6 s)."""
 
 _SCAN_LIMIT = 64
 """Intersections whose smaller side has at most this many PIDs are scanned exactly, without probing."""
@@ -87,12 +98,23 @@ def schedule(
         raise DfError(DfCode.PEER_CONTINUE, f"taskID: {task_id}, clientID: {cid}")
     isolated = peer.client_errors > limits.failure_count_limit
     cdn_load = state.super_load(task_id, now)
-    cdn = _CdnBudget(state, task, cdn_load, starving=not client.running)
+    starving = not client.running and client.idle_since is not None and now - client.idle_since >= _STARVED
+    cdn = _CdnBudget(state, task, cdn_load, starving=starving)
     free_counts = task.free_counts
     if cdn.slots <= 0:
         if isolated:
             raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: the CDN is busy")
         available.intersection_update(free_counts)
+
+    usable = sum(len(level.items) for level in task.free[:source_flows]) + max(cdn.slots, 0)
+    hungry = not client.done and not client.running
+    if reserved := _hungry_others(task, cid, now):
+        # the sources left go first, one each, to clients with no piece yet: each of them that gets
+        # one becomes a source too, which a client that holds pieces already is
+        if usable <= reserved and not hungry:
+            raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: "
+                                            f"free sources kept for {reserved} clients with no piece")
+        slots = min(slots, 1 if hungry else usable - reserved)
 
     assignments: list[Assignment] = []
     picker = _SourcePicker(task, peer, rng, source_flows)
@@ -104,7 +126,7 @@ def schedule(
         if picker.budget <= 0:
             break
         dst = picker.pick(task.holders[num]) if not isolated and num in free_counts else None
-        if dst is not None and cdn.slots > 0 and cdn.faster_than(dst):
+        if dst is not None and cdn.slots > (_CDN_FRESH_SLOTS if seeding else 0) and cdn.faster_than(dst):
             dst = None
         if dst is None:
             if cdn.slots <= 0:
@@ -120,8 +142,34 @@ def schedule(
         if len(assignments) == slots:
             break
     if not assignments:
+        if hungry and not usable and not isolated:
+            task.hungry.pop(cid, None)
+            task.hungry[cid] = now
+        if not client.running and client.idle_since is None:
+            client.idle_since = now
         raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}: no free source")
+    if hungry:
+        task.hungry.pop(cid, None)
+    client.idle_since = None
     return assignments
+
+
+def _hungry_others(task: TaskProgress, cid: str, now: float) -> int:
+    """Clients other than ``cid`` that recently waited with no piece at all while every source was busy.
+
+    A client that holds pieces is a source already; one that holds none adds a source to the swarm the
+    moment its first piece is whole. While sources are scarce (a swarm's first seconds, when only the
+    CDN and a few peers hold anything) serving those first makes the sources double each round
+    instead of growing by the CDN's few flows. Entries older than :data:`_HUNGRY_TTL` are dropped, so
+    a client that stopped pulling holds nothing back for long.
+    """
+    hungry = task.hungry
+    while hungry:
+        oldest = next(iter(hungry))
+        if hungry[oldest] >= now - _HUNGRY_TTL:
+            break
+        del hungry[oldest]
+    return len(hungry) - (cid in hungry)
 
 
 def _flow_limits(state: ProgressState, peer: PeerProgress) -> tuple[int, int]:
@@ -147,13 +195,13 @@ def _flow_limits(state: ProgressState, peer: PeerProgress) -> tuple[int, int]:
 def _full_flow(state: ProgressState) -> float:
     """The rate of one piece from a source that serves nothing else to a client that fetches nothing else.
 
-    The lesser of the typical client download and source upload capacities; while either is unmeasured,
-    the typical piece rate (0 while nothing is measured). Measured flow rates alone would mislead: flows
-    out of a CDN that runs too many are slow, and counting them would make it run more.
+    The lesser of the typical client download and source upload capacities, both measured on pieces
+    peers served; 0 while either is unmeasured. The CDN's own flows never count: flows out of a CDN
+    that runs too many are slow, and counting them would make it run more.
     """
     if state.down_capacity and state.peer_capacity:
         return min(state.down_capacity, state.peer_capacity)
-    return state.piece_rate
+    return 0.0
 
 
 class _CdnBudget:
@@ -171,10 +219,12 @@ class _CdnBudget:
     - *fresh* pieces (no peer holds one, none is on its way to a peer) may always come from it, and
       rarest-first (which counts pieces in flight) puts them first: each piece leaves the CDN about
       once and the swarm spreads it;
-    - a piece some peer holds or is receiving comes from it only while it has capacity to spare
-      (one more flow would still get a typical flow's rate), when it is expected to beat the least
-      loaded free holder, or when the client has nothing running at all (it would idle otherwise:
-      the tail of a download whose holders are all busy);
+    - a piece some peer holds or is receiving comes from it only while more than
+      :data:`_CDN_FRESH_SLOTS` of its flows are free (they stay free for the fresh pieces the origin
+      is still delivering), or to a client that has had nothing running for :data:`_STARVED` seconds
+      while the CDN has a flow's capacity to spare (it would idle otherwise: the tail of a download
+      whose holders are all busy). Only in the first case is it weighed against the least loaded
+      free holder by speed: a CDN with no flows to spare that won such races sent 2-3 F;
     - it runs at most about C / (rate of one piece flow) pieces at once, so the pieces it sends
       arrive as fast as from any other source instead of crawling side by side; before any flow is
       measured, :data:`_CDN_START`.
@@ -189,7 +239,7 @@ class _CdnBudget:
         cap = limits.cdn_task_limit
         if limits.cdn_upload_rate:
             flow = _full_flow(state)
-            cap = min(cap, max(1, math.ceil(limits.cdn_upload_rate / flow)) if flow else _CDN_START)
+            cap = min(cap, max(1, round(limits.cdn_upload_rate / flow)) if flow else _CDN_START)
         self.slots = cap - load
 
     def take(self) -> None:
@@ -198,12 +248,14 @@ class _CdnBudget:
 
     def serves(self, num: int, holder_counts: Mapping[int, int], inflight: Mapping[int, int]) -> bool:
         """Whether the CDN serves piece ``num``, which no free peer can, given a free CDN slot."""
-        if not self._state.limits.cdn_upload_rate or self._starving:
+        if not self._state.limits.cdn_upload_rate:
             return True
         if num not in holder_counts and num not in inflight:
             return True
+        if self.slots > _CDN_FRESH_SLOTS:
+            return True
         flow = _full_flow(self._state)
-        return bool(flow) and self._rate / (self._load + 1) >= flow
+        return self._starving and (not flow or self._rate / (self._load + 1) >= flow)
 
     def faster_than(self, dst: str) -> bool:
         """Whether one more CDN piece is expected to arrive faster than one from peer ``dst``.

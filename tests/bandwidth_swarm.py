@@ -10,6 +10,8 @@ whose bandwidth. It is a discrete-event model of the benchmark's regime (``bench
   filling), recomputed at every event, which is how TCP flows through rate limiters roughly behave;
 - a client behaves as dfget does: it pulls when it registers and after every finished piece; a pull
   that finds nothing (602) is held by the supernode until the task changes, for at most ``hold``;
+  held pulls are served fewest pieces first, and while any are held a report's pull joins them, as
+  ``TaskManager.pull_held`` does;
 - every piece costs ``latency`` seconds before its bytes flow (connect, request, first byte).
 
 Sources are the scheduler's choice (:func:`supernode.scheduler.schedule` on a real
@@ -149,9 +151,8 @@ class BandwidthSwarm:
         except DfError as exc:
             if exc.code not in (DfCode.PEER_WAIT, DfCode.PEER_CONTINUE):
                 raise
-            if exc.code == DfCode.PEER_WAIT and client.waiting_since is None:
-                client.waiting_since = self.now
-                self._at(self.now + self.hold, "hold", client.cid)
+            if exc.code == DfCode.PEER_WAIT:
+                self._hold(client)
             return
         client.waiting_since = None
         for a in got:
@@ -159,10 +160,17 @@ class BandwidthSwarm:
                                    self.now + self.latency))
             self._at(self.now + self.latency, "start")
 
+    def _hold(self, client: _Client) -> None:
+        if len(client.done) == self.n_pieces:
+            client.finished = self.now
+        elif client.waiting_since is None:
+            client.waiting_since = self.now
+            self._at(self.now + self.hold, "hold", client.cid)
+
     def _changed(self) -> None:
-        """A task change wakes every held pull, as the supernode's TaskChanges does, in no set order."""
+        """A task change wakes every held pull, as the supernode's TaskChanges does: fewest pieces first."""
         held = [c for c in self.clients.values() if c.waiting_since is not None]
-        self.rng.shuffle(held)
+        held.sort(key=lambda c: (len(c.done), c.waiting_since))
         for client in held:
             if client.waiting_since is not None:
                 client.waiting_since = None
@@ -178,7 +186,10 @@ class BandwidthSwarm:
             self.peer_bytes += size
         client.done.add(flow.num)
         self.state.update_piece(TASK, flow.cid, flow.src, flow.num, PieceStatus.SUCCESS, self.now, size=size)
-        self._pull(client)
+        if any(c.waiting_since is not None for c in self.clients.values()):
+            self._hold(client)  # the report's pull joins the held ones (TaskManager.pull_held)
+        else:
+            self._pull(client)
         self._changed()
 
     # -- the run --

@@ -280,6 +280,53 @@ class TaskManager:
         Returns the pieces to fetch, :class:`Finished`, or ``None`` for a FINISHED report. Raises
         ``DfError`` with PEER_WAIT (602), PEER_CONTINUE (601 without data), CDN_FAIL, ...
         """
+        reported = self._report(task_id_, cid, status=status, result=result, piece_range_text=piece_range_text,
+                                dst_cid=dst_cid)
+        return None if reported is None else self._next(*reported)
+
+    async def pull_held(self, task_id_: str, cid: str, *, status: DfgetTaskStatus | None,
+                        result: PieceResult | None, piece_range_text: str,
+                        dst_cid: str) -> list[PieceTaskItem] | Finished | None:
+        """:meth:`pull`, but a 602 is held back for up to ``pull_hold`` seconds while nothing changes.
+
+        Each change of the task (see :mod:`supernode.changes`) schedules again, so a waiting client
+        gets its pieces the moment they can be handed out instead of after its back-off. While other
+        pulls wait, this one joins them rather than going first, and they are served fewest pieces
+        first. The report the pull carries is recorded once, before any waiting. dfget gives the
+        request 5 s.
+        """
+        reported = self._report(task_id_, cid, status=status, result=result, piece_range_text=piece_range_text,
+                                dst_cid=dst_cid)
+        if reported is None:
+            return None
+        hold = self.settings.pull_hold
+        waiting = DfError(DfCode.PEER_WAIT, f"taskID: {task_id_}, clientID: {cid}: waiting for a source")
+        if hold > 0 and self.changes.waiting(task_id_):
+            self.changes.notify(task_id_)
+        else:
+            try:
+                return self._next(*reported)
+            except DfError as exc:
+                if exc.code != DfCode.PEER_WAIT or hold <= 0:
+                    raise
+                waiting = exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hold
+        while (remaining := deadline - loop.time()) > 0:
+            done = self.progress.client_done_count(task_id_, cid)
+            if not await self.changes.wait(task_id_, remaining, priority=done):
+                break
+            try:
+                return self._next(self.get(task_id_), self.client(task_id_, cid))
+            except DfError as exc:
+                if exc.code != DfCode.PEER_WAIT:
+                    raise
+                waiting = exc
+        raise waiting
+
+    def _report(self, task_id_: str, cid: str, *, status: DfgetTaskStatus | None, result: PieceResult | None,
+                piece_range_text: str, dst_cid: str) -> tuple[Task, Client] | None:
+        """Record what a ``/peer/task`` call reports; the task and client to schedule, None when it finished."""
         client = self.client(task_id_, cid)
         task = self.get(task_id_)
         task.access_time = time.time()
@@ -298,36 +345,7 @@ class TaskManager:
             if piece_status is None:
                 raise invalid(f"pieceResult: {result}")
             self._update(task, client, self._dst_pid(task, dst_cid), piece_num, piece_status)
-        return self._next(task, client)
-
-    async def pull_held(self, task_id_: str, cid: str, *, status: DfgetTaskStatus | None,
-                        result: PieceResult | None, piece_range_text: str,
-                        dst_cid: str) -> list[PieceTaskItem] | Finished | None:
-        """:meth:`pull`, but a 602 is held back for up to ``pull_hold`` seconds while nothing changes.
-
-        Each change of the task (see :mod:`supernode.changes`) schedules again, so a waiting client
-        gets its pieces the moment they can be handed out instead of after its back-off. The report
-        the pull carries is recorded once, before any waiting. dfget gives the request 5 s.
-        """
-        try:
-            return self.pull(task_id_, cid, status=status, result=result, piece_range_text=piece_range_text,
-                             dst_cid=dst_cid)
-        except DfError as exc:
-            if exc.code != DfCode.PEER_WAIT or self.settings.pull_hold <= 0:
-                raise
-            waiting = exc
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.pull_hold
-        while (remaining := deadline - loop.time()) > 0:
-            if not await self.changes.wait(task_id_, remaining):
-                break
-            try:
-                return self._next(self.get(task_id_), self.client(task_id_, cid))
-            except DfError as exc:
-                if exc.code != DfCode.PEER_WAIT:
-                    raise
-                waiting = exc
-        raise waiting
+        return task, client
 
     @staticmethod
     def _piece_num(task: Task, text: str) -> int:
@@ -389,6 +407,10 @@ class TaskManager:
             self.metrics.schedule_duration_milliseconds.labels(peer=peer.ip if peer else "").observe(
                 (time.perf_counter() - started) * 1000)
         now = time.monotonic()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("schedule %s (%d done, CDN load %d): %s", client.cid, done,
+                      self.progress.super_load(task.id, now),
+                      " ".join(f"{a.piece_num}<-{a.dst_pid}" for a in assignments))
         client.assigned.update((a.piece_num, now) for a in assignments)
         items = [item for a in assignments if (item := self._item(task, client, a)) is not None]
         if not items:

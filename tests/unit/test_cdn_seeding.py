@@ -59,10 +59,56 @@ def test_a_piece_on_its_way_is_not_sent_again_by_a_busy_cdn() -> None:
     assert err.value.code == DfCode.PEER_WAIT
 
 
-def test_an_idle_client_gets_a_copy_rather_than_waiting() -> None:
+def test_a_client_idle_for_a_second_gets_a_copy_rather_than_waiting_longer() -> None:
     state = seeded_state(pieces=1)
-    state.start_piece(TASK, "c1", 0, SUPER, now=1.0)
-    assert pull(state, "c0") == [(0, SUPER)]
+    state.update_piece(TASK, "c1", SUPER, 0, SUC, now=1.0)
+    state.start_piece(TASK, "c2", 0, "p1", now=1.0)  # the one holder is busy
+    with pytest.raises(DfError) as err:
+        pull(state, "c0")
+    assert err.value.code == DfCode.PEER_WAIT
+    assert [(a.piece_num, a.dst_pid) for a in schedule(state, TASK, "c0", now=2.0, rng=random.Random(0))] == [
+        (0, SUPER)]
+
+
+def test_a_client_with_no_piece_comes_first_for_a_freed_source() -> None:
+    state = seeded_state(pieces=2, peers=5)
+    for num in (0, 1):
+        state.update_piece(TASK, "c0", SUPER, num, SUC, now=1.0)
+    state.start_piece(TASK, "c3", 0, SUPER, now=1.0)  # the CDN's two flows are taken
+    state.start_piece(TASK, "c4", 1, SUPER, now=1.0)
+    state.start_piece(TASK, "c2", 0, "p0", now=1.0)  # and so is the one peer that holds anything
+    with pytest.raises(DfError):
+        pull(state, "c1")
+    # p0 is free again; c2 holds piece 0 but (SEMISUC: not written yet) serves nothing
+    state.update_piece(TASK, "c2", "p0", 0, PieceStatus.SEMISUC, now=1.0)
+    with pytest.raises(DfError) as err:
+        pull(state, "c2")
+    assert err.value.code == DfCode.PEER_WAIT, "c2 holds a piece: p0 is kept for c1, which holds none"
+    assert [dst for _, dst in pull(state, "c1")] == ["p0"]
+
+
+def test_a_piece_through_in_a_burst_is_not_a_capacity_sample() -> None:
+    """Go dfget's limiter lets a piece through at memory speed after its uploader idled."""
+    state = seeded_state(pieces=1)
+    state.update_piece(TASK, "c1", SUPER, 0, SUC, now=1.0)
+    state.start_piece(TASK, "c2", 0, "p1", now=1.0)
+    state.update_piece(TASK, "c2", "p1", 0, SUC, now=1.01, size=PIECE)
+    assert state.capacity("p1") == 0.0
+    state.start_piece(TASK, "c3", 0, "p1", now=2.0)
+    state.update_piece(TASK, "c3", "p1", 0, SUC, now=2.4, size=PIECE)
+    assert state.capacity("p1") == pytest.approx(10 * MIB)
+
+
+def test_cdn_flows_are_not_a_measure_of_what_clients_can_take() -> None:
+    """A saturated CDN's flows are slow; taking them for the clients' capacity would make it run more."""
+    state = seeded_state(pieces=8, cdn_upload_rate=20 * MIB)
+    for i, num in enumerate(range(4)):
+        state.start_piece(TASK, f"c{i}", num, SUPER, now=1.0)
+    for i, num in enumerate(range(4)):
+        state.update_piece(TASK, f"c{i}", SUPER, num, SUC, now=2.6, size=PIECE)  # 2.5 MiB/s each
+    assert state.down_capacity == 0.0
+    got = [dst for cid in ("c0", "c1") for _, dst in pull(state, cid)]
+    assert got.count(SUPER) == 2, "still the two CDN flows of an unmeasured swarm"
 
 
 def test_the_cdn_runs_about_c_over_one_flow_at_once() -> None:
@@ -142,21 +188,22 @@ def swarm(n: int, *, c: float, known: bool, d: float = 10, size: int = F, seed: 
     return BandwidthSwarm(n=n, size=size, s=20 * MIB, c=c * MIB, d=d * MIB, u=10 * MIB, limits=limits, seed=seed)
 
 
-@pytest.mark.parametrize(("n", "bound"), [(8, 1.45), (16, 1.55), (32, 1.65)])
+@pytest.mark.parametrize(("n", "bound"), [(8, 1.25), (16, 1.3), (32, 1.35)])
 def test_a_finite_cdn_seeds_and_peers_carry_the_swarm(n: int, bound: float) -> None:
     """C = 2D: knowing C, the swarm finishes 2.5x+ sooner than treating the CDN as a source like any other."""
     seeded = swarm(n, c=20, known=True).run()
     plain = swarm(n, c=20, known=False).run()
     assert seeded.ratio <= bound
     assert plain.ratio / seeded.ratio >= 2.5
-    assert seeded.cdn_bytes <= 3.5 * F
-    assert seeded.peer_bytes >= (n - 3.5) * F
+    assert seeded.cdn_bytes <= 1.5 * F, "the CDN sends each piece about once"
+    assert seeded.peer_bytes >= (n - 1.5) * F
 
 
 @pytest.mark.parametrize("n", [8, 16])
 def test_an_unlimited_cdn_still_serves_at_full_speed(n: int) -> None:
     assert swarm(n, c=1e6, known=False).run().ratio <= 1.1
-    assert swarm(n, c=1e6, known=True).run().ratio <= 1.15
+    # known and huge: until a peer's piece is measured the CDN runs _CDN_START flows, not cdn_task_limit
+    assert swarm(n, c=1e6, known=True).run().ratio <= 1.2
 
 
 def test_the_upload_bound_regime() -> None:
