@@ -111,7 +111,7 @@ async def run(peers: int, seconds: float, size: int, extra: list[str]) -> dict[s
     rec = Recorder()
     try:
         held = any(arg.startswith("--pull-hold") for arg in extra)
-        api_port, _ = await start_supernode(children, work, extra if held else ["--pull-hold=0", *extra])
+        api_port, _, _ = await start_supernode(children, work, extra if held else ["--pull-hold=0", *extra])
         api = f"http://127.0.0.1:{api_port}"
         url = f"http://127.0.0.1:{origin.port}/sim/file.bin"
         connector = aiohttp.TCPConnector(limit=0)

@@ -278,15 +278,25 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-2000:] if log.is_file() else ""
 
 
-async def start_supernode(children: Children, home: Path, extra: list[str]) -> tuple[int, int]:
+async def start_supernode(children: Children, home: Path, extra: list[str]) -> tuple[int, int, int]:
+    """Our supernode; its API port, piece port and PID."""
     api, cdn = free_port(), free_port()
     log = (home / "supernode.log").open("wb")
-    await children.start(sys.executable, "-m", "supernode", "--home-dir", str(home / "sn"), "--port", str(api),
+    proc = await children.start(sys.executable, "-m", "supernode", "--home-dir", str(home / "sn"), "--port", str(api),
                          "--download-port", str(cdn), "--advertise-ip", "127.0.0.1", "--listen-host", "127.0.0.1",
                          "--max-bandwidth", "100G", *extra, stdout=log, stderr=log)
     log.close()
     await _wait_ping(api, home / "supernode.log", "supernode")
-    return api, cdn
+    return api, cdn, proc.pid
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a live process has used (Linux ``/proc``); None when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def start_go_supernode(children: Children, home: Path, extra: list[str]) -> tuple[int, int]:
@@ -471,6 +481,7 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
     orphans: list[str] = []
     peers: list[PeerResult] = []
     load_before = os.getloadavg()[0]
+    sn_pid, sn_cpu_before, sn_cpu = 0, None, None
     try:
         origin_port = await start_origin(children, size, int(cfg.origin_rate * MIB))
         url = f"http://127.0.0.1:{origin_port}/bench/file-{cfg.size_mib:g}m.bin"
@@ -478,10 +489,13 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
             if cfg.supernode == "go":
                 api, cdn = await start_go_supernode(children, work, cfg.go_supernode_args)
             else:
-                api, cdn = await start_supernode(children, work, cfg.supernode_args)
+                api, cdn, sn_pid = await start_supernode(children, work, cfg.supernode_args)
+                sn_cpu_before = cpu_seconds(sn_pid)
             if cfg.cdn_rate != float("inf"):
                 netns.limit_source_port(cdn, cfg.cdn_rate)
             peers = await _p2p(cfg, work, children, url, api)
+            if sn_pid and sn_cpu_before is not None and (after := cpu_seconds(sn_pid)) is not None:
+                sn_cpu = round(after - sn_cpu_before, 2)
             sn_metrics = await metrics(api)
             tc_bytes = netns.limited_bytes() if cfg.cdn_rate != float("inf") else None
         else:
@@ -536,6 +550,8 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
         "all_ok": all(p.ok for p in peers), "peers": [asdict(p) for p in peers], "piece_trace": trace,
         "python": platform.python_version(), "cpus": os.cpu_count(),
         "loadavg_1m_before_after": [round(load_before, 2), round(load_after, 2)],
+        "supernode_cpu_s": sn_cpu,
+        "supernode_cpu_over_t_all": round(sn_cpu / t_all, 3) if sn_cpu is not None and t_all else None,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -559,14 +575,19 @@ def piece_trace(work: Path) -> list[dict[str, Any]]:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (f"{'config':<58} {'T*':>6} {'T_all':>7} {'T_all/T*':>8} {'mean':>7} {'dl/T*':>6} {'origin/F':>8} "
-            f"{'cdn/F':>6} {'load':>5} ok")
+            f"{'cdn/F':>6} {'load':>5} {'sn cpu':>6} ok")
     rows = [head, "-" * len(head)]
     for r in results:
         rows.append(f"{r['label']:<58} {r['t_star_s']:>6.2f} {r['t_all_s']:>7.2f} {r['t_all_over_t_star']:>8.3f} "
                     f"{r['t_mean_s']:>7.2f} {r['dfget_max_over_t_star'] or 0:>6.3f} {r['origin_bytes_over_f']:>8.4f} "
                     f"{r['cdn_served_over_f']:>6.2f} {r['loadavg_1m_before_after'][1]:>5.1f} "
-                    f"{'yes' if r['all_ok'] else 'NO'}")
+                    f"{_share(r.get('supernode_cpu_over_t_all')):>6} {'yes' if r['all_ok'] else 'NO'}")
     return "\n".join(rows)
+
+
+def _share(value: float | None) -> str:
+    """A CPU share (CPU seconds per wall second) as a percentage of one core; '-' when not measured."""
+    return "-" if value is None else f"{value:.0%}"
 
 
 def side_by_side(results: list[dict[str, Any]]) -> str:
