@@ -290,6 +290,13 @@ async def start_supernode(children: Children, home: Path, extra: list[str]) -> t
     return api, cdn, proc.pid
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU ticks of the whole machine so far (``/proc/stat``): what share of the cores a run kept busy."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return float(sum(fields) - idle), float(sum(fields))
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds a live process has used (Linux ``/proc``); None when it cannot be read."""
     try:
@@ -481,7 +488,7 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
     orphans: list[str] = []
     peers: list[PeerResult] = []
     load_before = os.getloadavg()[0]
-    sn_pid, sn_cpu_before, sn_cpu = 0, None, None
+    sn_pid, sn_cpu_before, sn_cpu, machine_cpu = 0, None, None, None
     try:
         origin_port = await start_origin(children, size, int(cfg.origin_rate * MIB))
         url = f"http://127.0.0.1:{origin_port}/bench/file-{cfg.size_mib:g}m.bin"
@@ -491,9 +498,12 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
             else:
                 api, cdn, sn_pid = await start_supernode(children, work, cfg.supernode_args)
                 sn_cpu_before = cpu_seconds(sn_pid)
+            busy_before = machine_busy()
             if cfg.cdn_rate != float("inf"):
                 netns.limit_source_port(cdn, cfg.cdn_rate)
             peers = await _p2p(cfg, work, children, url, api)
+            busy, total = (after - before for after, before in zip(machine_busy(), busy_before, strict=True))
+            machine_cpu = round(busy / total, 3) if total else None
             if sn_pid and sn_cpu_before is not None and (after := cpu_seconds(sn_pid)) is not None:
                 sn_cpu = round(after - sn_cpu_before, 2)
             sn_metrics = await metrics(api)
@@ -551,6 +561,7 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
         "python": platform.python_version(), "cpus": os.cpu_count(),
         "loadavg_1m_before_after": [round(load_before, 2), round(load_after, 2)],
         "supernode_cpu_s": sn_cpu,
+        "machine_cpu_busy": machine_cpu,
         "supernode_cpu_over_t_all": round(sn_cpu / t_all, 3) if sn_cpu is not None and t_all else None,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -575,13 +586,14 @@ def piece_trace(work: Path) -> list[dict[str, Any]]:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (f"{'config':<58} {'T*':>6} {'T_all':>7} {'T_all/T*':>8} {'mean':>7} {'dl/T*':>6} {'origin/F':>8} "
-            f"{'cdn/F':>6} {'load':>5} {'sn cpu':>6} ok")
+            f"{'cdn/F':>6} {'load':>5} {'sn cpu':>6} {'busy':>5} ok")
     rows = [head, "-" * len(head)]
     for r in results:
         rows.append(f"{r['label']:<58} {r['t_star_s']:>6.2f} {r['t_all_s']:>7.2f} {r['t_all_over_t_star']:>8.3f} "
                     f"{r['t_mean_s']:>7.2f} {r['dfget_max_over_t_star'] or 0:>6.3f} {r['origin_bytes_over_f']:>8.4f} "
                     f"{r['cdn_served_over_f']:>6.2f} {r['loadavg_1m_before_after'][1]:>5.1f} "
-                    f"{_share(r.get('supernode_cpu_over_t_all')):>6} {'yes' if r['all_ok'] else 'NO'}")
+                    f"{_share(r.get('supernode_cpu_over_t_all')):>6} {_share(r.get('machine_cpu_busy')):>5} "
+                    f"{'yes' if r['all_ok'] else 'NO'}")
     return "\n".join(rows)
 
 

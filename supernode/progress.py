@@ -174,6 +174,8 @@ class ClientProgress:
     pid: str
     done: set[int] = field(default_factory=set)
     running: dict[int, Run] = field(default_factory=dict)
+    unconfirmed: set[int] = field(default_factory=set)
+    """Pieces reported SEMISUC and not yet SUCCESS: the client has them, its peer serves them not yet."""
     idle_since: float | None = None
     """When the scheduler first told this client to wait while it had nothing running; None while it runs."""
 
@@ -191,6 +193,9 @@ class TaskProgress:
     holder_counts: dict[int, int] = field(default_factory=dict)
     inflight: dict[int, int] = field(default_factory=dict)
     """piece -> running entries of it (from any source; absent when 0): pieces on their way to a peer."""
+    unconfirmed: dict[int, int] = field(default_factory=dict)
+    """piece -> clients that reported it SEMISUC but not yet SUCCESS (absent when 0): pieces a peer will
+    serve in a moment, so not fresh ones for a finite CDN to send again."""
     holding_peers: set[str] = field(default_factory=set)
     clients: dict[str, ClientProgress] = field(default_factory=dict)
     hungry: dict[str, float] = field(default_factory=dict)
@@ -349,6 +354,8 @@ class ProgressState:
             return
         for num, run in client.running.items():
             self._release(task, cid, num, run, None)
+        for num in list(client.unconfirmed):
+            self._confirm(task, client, num)
         task.hungry.pop(cid, None)
         del self._peers[client.pid].clients[task_id, cid]
 
@@ -413,8 +420,10 @@ class ProgressState:
         task = self.task(task_id)
         client = self.client(task_id, cid)
         if piece_num in client.done:
-            if status == PieceStatus.SUCCESS and client.pid != task.super_pid:
-                self._hold(self._peers[client.pid], task, piece_num)
+            if status == PieceStatus.SUCCESS:
+                self._confirm(task, client, piece_num)
+                if client.pid != task.super_pid:
+                    self._hold(self._peers[client.pid], task, piece_num)
             return
         run = client.running.pop(piece_num, None)
         if run is not None:
@@ -425,7 +434,10 @@ class ProgressState:
         held = status in _HELD
         if held:
             client.done.add(piece_num)
-            if status == PieceStatus.SUCCESS and client.pid != task.super_pid:
+            if status == PieceStatus.SEMISUC:
+                client.unconfirmed.add(piece_num)
+                task.unconfirmed[piece_num] = task.unconfirmed.get(piece_num, 0) + 1
+            elif client.pid != task.super_pid:
                 self._hold(peer, task, piece_num)
         if status == PieceStatus.WAITING or not dst_pid or task.super_pid in (client.pid, dst_pid):
             return
@@ -470,6 +482,18 @@ class ProgressState:
         receiver = self._peers[client.pid]
         receiver.down_capacity = _average(receiver.down_capacity, down)
         self.down_capacity = _average(self.down_capacity, down)
+
+    @staticmethod
+    def _confirm(task: TaskProgress, client: ClientProgress, piece_num: int) -> None:
+        """The client's SEMISUC of the piece is settled (by its SUCCESS, or by the client leaving)."""
+        if piece_num not in client.unconfirmed:
+            return
+        client.unconfirmed.discard(piece_num)
+        left = task.unconfirmed[piece_num] - 1
+        if left:
+            task.unconfirmed[piece_num] = left
+        else:
+            del task.unconfirmed[piece_num]
 
     def _hold(self, peer: PeerProgress, task: TaskProgress, piece_num: int) -> None:
         held = peer.held.get(task.task_id)

@@ -120,8 +120,9 @@ def schedule(
     picker = _SourcePicker(task, peer, rng, source_flows)
     holder_counts, inflight = task.holder_counts, task.inflight
     counts = holder_counts
-    if seeding and inflight:
-        counts = {n: holder_counts.get(n, 0) + inflight.get(n, 0) for n in available}
+    if seeding and (inflight or task.unconfirmed):
+        unconfirmed = task.unconfirmed
+        counts = {n: holder_counts.get(n, 0) + inflight.get(n, 0) + unconfirmed.get(n, 0) for n in available}
     for num in sort_pieces(available, counts, running_center(client.running), rng):
         if picker.budget <= 0:
             break
@@ -216,7 +217,8 @@ class _CdnBudget:
     finite capacity that every peer waits on while a piece exists nowhere else, so it is spent where
     peers cannot help, as BitTorrent's super-seeding does:
 
-    - *fresh* pieces (no peer holds one, none is on its way to a peer) may always come from it, and
+    - *fresh* pieces (no peer holds one, none is on its way to a peer or waiting for the SUCCESS that
+      makes its receiver a source) may always come from it, and
       rarest-first (which counts pieces in flight) puts them first: each piece leaves the CDN about
       once and the swarm spreads it;
     - a piece some peer holds or is receiving comes from it only while more than
@@ -250,7 +252,7 @@ class _CdnBudget:
         """Whether the CDN serves piece ``num``, which no free peer can, given a free CDN slot."""
         if not self._state.limits.cdn_upload_rate:
             return True
-        if num not in holder_counts and num not in inflight:
+        if num not in holder_counts and num not in inflight and num not in self._task.unconfirmed:
             return True
         if self.slots > _CDN_FRESH_SLOTS:
             return True

@@ -48,6 +48,26 @@ def test_rarest_first_counts_the_pieces_on_their_way() -> None:
     assert pull(state, "c1", limit=1) == [(1 - num, SUPER)], "the piece nobody has goes out before a second copy"
 
 
+def test_a_piece_between_semisuc_and_success_is_not_fresh() -> None:
+    """Go dfget reports SEMISUC, writes, then SUCCESS: in between, nobody serves the piece but it is not lost."""
+    state = seeded_state(pieces=2)
+    state.start_piece(TASK, "c1", 0, SUPER, now=1.0)
+    state.update_piece(TASK, "c1", SUPER, 0, PieceStatus.SEMISUC, now=1.0)
+    assert pull(state, "c0", limit=1) == [(1, SUPER)], "the fresh piece first, not a second copy of piece 0"
+    state.update_piece(TASK, "c1", SUPER, 0, SUC, now=1.0)  # now p1 serves piece 0
+    assert state.task(TASK).unconfirmed == {}
+    assert pull(state, "c2", limit=1) == [(0, "p1")]
+
+
+def test_a_client_that_leaves_settles_what_it_never_confirmed() -> None:
+    state = seeded_state(pieces=1)
+    state.start_piece(TASK, "c1", 0, SUPER, now=1.0)
+    state.update_piece(TASK, "c1", SUPER, 0, PieceStatus.SEMISUC, now=1.0)
+    state.remove_client(TASK, "c1")
+    assert state.task(TASK).unconfirmed == {}
+    assert pull(state, "c0") == [(0, SUPER)], "nobody will serve piece 0: it is fresh again"
+
+
 def test_a_piece_on_its_way_is_not_sent_again_by_a_busy_cdn() -> None:
     state = seeded_state(pieces=2, cdn_upload_rate=10 * MIB)  # C = one flow
     state.start_piece(TASK, "c1", 1, SUPER, now=1.0)
