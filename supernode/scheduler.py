@@ -19,6 +19,11 @@ With the CDN's upload capacity known (``Limits.cdn_upload_rate``) the CDN is a s
 (:class:`_CdnBudget`) and clients and sources run only the flows their measured capacities fill
 (:func:`_flow_limits`): the regime of a supernode that shares one NIC with hundreds of nodes, where
 the peers, not the CDN, must carry the swarm.
+
+Sources go first to the clients that lag: a client with no piece at all that waited while every source
+was busy is owed the next free one (:func:`_hungry_others`), and the task manager wakes held pulls fewest
+pieces first (:mod:`supernode.changes`). A client that lags holds the pieces nobody needs any more, so
+serving it first is what keeps every peer's upload busy.
 """
 
 from __future__ import annotations

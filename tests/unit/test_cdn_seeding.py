@@ -9,7 +9,7 @@ import pytest
 from supernode.errors import DfCode, DfError
 from supernode.progress import Limits, PieceStatus, ProgressState
 from supernode.scheduler import schedule
-from tests.bandwidth_swarm import MIB, BandwidthSwarm
+from tests.bandwidth_swarm import MIB, BandwidthSwarm, relay_bound
 
 SUPER = "super"
 TASK = "t1"
@@ -217,6 +217,14 @@ def test_a_finite_cdn_seeds_and_peers_carry_the_swarm(n: int, bound: float) -> N
     assert plain.ratio / seeded.ratio >= 2.5
     assert seeded.cdn_bytes <= 1.5 * F, "the CDN sends each piece about once"
     assert seeded.peer_bytes >= (n - 1.5) * F
+
+
+@pytest.mark.parametrize("n", [8, 16, 32])
+def test_the_seeding_swarm_is_near_the_whole_piece_bound(n: int) -> None:
+    """Within 0.07 T* of the best any scheduler of whole pieces does here (and, as a check on the model, not below)."""
+    bound = relay_bound(n, f=F, piece=4 * MIB, s=20 * MIB, d=10 * MIB, cdn_flows=2)
+    ratio = swarm(n, c=20, known=True).run().ratio
+    assert bound - 1e-9 <= ratio <= bound + 0.07
 
 
 @pytest.mark.parametrize("n", [8, 16])
