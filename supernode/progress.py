@@ -36,6 +36,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from . import rates
 from .errors import invalid, not_found
 
 
@@ -102,19 +103,6 @@ class PeerSet:
 _ORPHAN = -1
 
 
-def _average(estimate: float, sample: float) -> float:
-    """A rate's moving average, taken over its inverse (seconds per byte), weight ``CAPACITY_WEIGHT``.
-
-    Averaging times rather than rates keeps bursts from swamping the estimate: Go dfget's rate limiter
-    lets a piece through in a few milliseconds now and then (a sample of hundreds of MiB/s), which
-    an average of rates would take for the peer's capacity, loading it with uploads it then serves at
-    a crawl. The first sample is the estimate.
-    """
-    if not estimate:
-        return sample
-    return 1 / (1 / estimate + CAPACITY_WEIGHT * (1 / sample - 1 / estimate))
-
-
 class Run(NamedTuple):
     """A running piece and the load it is counted on.
 
@@ -125,20 +113,6 @@ class Run(NamedTuple):
     dst: str
     epoch: int
     started: float = 0.0
-
-
-_SAMPLE_MIN = 256 * 1024
-"""Pieces smaller than this (a file's short last piece) take as long as a request does, whatever the rate:
-they say nothing about throughput, and in an average of times one would outweigh every other sample."""
-
-_SAMPLE_MIN_SECONDS = 0.05
-"""Pieces that took less than this (from hand-out to report) are not sampled either. Go dfget's rate
-limiter lets a whole piece through at memory speed after its uploader idled (its token bucket holds
-about a second of tokens): such a piece says what the bucket held, not what the peer sustains, and as
-a first sample it made one peer look 30 times faster than it is, and get five uploads at once."""
-
-CAPACITY_WEIGHT = 0.25
-"""Weight of a new sample in a source's capacity estimate (an exponential moving average)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -410,7 +384,7 @@ class ProgressState:
         SEMISUC alone serves a short piece (seen as MD5 failures, and blacklisted sources, in a swarm
         of Go dfgets). Our dfget reports SUCCESS after the write as well.
 
-        A success of ``size`` bytes (at least ``_SAMPLE_MIN``) from the source it was handed out from is a
+        A success of ``size`` bytes (see :func:`supernode.rates.piece_rate`) from the source it was handed out from is a
         throughput sample: the piece's rate times the source's concurrent uploads at that moment estimates what the
         source delivers in total. The client's own download limit caps each sample, so estimates are
         lower bounds; they are compared, never used as promises.
@@ -427,7 +401,7 @@ class ProgressState:
             return
         run = client.running.pop(piece_num, None)
         if run is not None:
-            if size >= _SAMPLE_MIN and status in _HELD and run.dst == dst_pid and run.epoch != _ORPHAN:
+            if status in _HELD and run.dst == dst_pid and run.epoch != _ORPHAN:
                 self._sample(task, client, run, size, now)
             self._release(task, cid, piece_num, run, now)
         peer = self._peers[client.pid]
@@ -467,21 +441,20 @@ class ProgressState:
 
         ``run`` was already taken off the client's running pieces, but not yet off its source's load.
         """
-        seconds = now - run.started
         source = self._peers.get(run.dst)
-        if seconds < _SAMPLE_MIN_SECONDS or source is None:
+        rate = rates.piece_rate(size, now - run.started)
+        if rate is None or source is None:
             return
         concurrent = task.super_load if run.dst == task.super_pid else source.load
-        rate = size / seconds
         sample = rate * max(concurrent, 1)
-        source.capacity = _average(source.capacity, sample)
+        source.capacity = rates.average(source.capacity, sample)
         if run.dst == task.super_pid:
             return
-        self.peer_capacity = _average(self.peer_capacity, sample)
+        self.peer_capacity = rates.average(self.peer_capacity, sample)
         down = rate * (len(client.running) + 1)
         receiver = self._peers[client.pid]
-        receiver.down_capacity = _average(receiver.down_capacity, down)
-        self.down_capacity = _average(self.down_capacity, down)
+        receiver.down_capacity = rates.average(receiver.down_capacity, down)
+        self.down_capacity = rates.average(self.down_capacity, down)
 
     @staticmethod
     def _confirm(task: TaskProgress, client: ClientProgress, piece_num: int) -> None:
