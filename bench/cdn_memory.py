@@ -22,12 +22,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from swarm import free_port
+from swarm import answers, free_port
 
 from supernode.units import parse_size
 
@@ -79,21 +79,18 @@ def _expected_md5(size: int) -> str:
     return digest.hexdigest()
 
 
-async def start_supernode(home: str, api: int, cdn: int) -> asyncio.subprocess.Process:
-    """A real supernode on loopback with no CDN rate cap, returned once it answers ``/_ping``."""
+async def start_supernode(home: str, api: int, cdn: int, *extra: str,
+                          entry: Sequence[str] = ("-m", "supernode")) -> asyncio.subprocess.Process:
+    """A real supernode on loopback (``python *entry``; no CDN rate cap unless ``extra`` sets one), returned
+    once it answers ``/_ping``."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "supernode", "--home-dir", home, "--port", str(api), "--download-port", str(cdn),
-        "--advertise-ip", "127.0.0.1", "--listen-host", "127.0.0.1", "--max-bandwidth", "100G",
+        sys.executable, *entry, "--home-dir", home, "--port", str(api), "--download-port", str(cdn),
+        "--advertise-ip", "127.0.0.1", "--listen-host", "127.0.0.1", "--max-bandwidth", "100G", *extra,
         stderr=asyncio.subprocess.DEVNULL)
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            try:
-                async with http.get(f"http://127.0.0.1:{api}/_ping") as r:
-                    if r.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
+    if await answers(f"http://127.0.0.1:{api}/_ping", 10):
+        return proc
     proc.kill()
+    await proc.wait()
     raise RuntimeError("supernode did not answer /_ping within 10 s")
 
 

@@ -23,38 +23,17 @@ import os
 import platform
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-from cdn_memory import pattern_origin
+from cdn_memory import pattern_origin, start_supernode
 from swarm import free_port
 
 from supernode.units import parse_size
 
 _NO_UVLOOP = "import sys; sys.modules['uvloop'] = None; from supernode.cli import main; raise SystemExit(main())"
-
-
-async def _start_supernode(home: str, api: int, cdn: int, limit: str, use_asyncio: bool
-                           ) -> asyncio.subprocess.Process:
-    entry = ["-c", _NO_UVLOOP] if use_asyncio else ["-m", "supernode"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, *entry, "--home-dir", home, "--port", str(api), "--download-port", str(cdn),
-        "--advertise-ip", "127.0.0.1", "--listen-host", "127.0.0.1", "--max-bandwidth", "100G",
-        "--cdn-rate-limit", limit, stderr=asyncio.subprocess.DEVNULL)
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            try:
-                async with http.get(f"http://127.0.0.1:{api}/_ping") as r:
-                    if r.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    proc.kill()
-    await proc.wait()
-    raise RuntimeError("supernode did not answer /_ping within 10 s")
 
 
 async def _cache(http: aiohttp.ClientSession, api: int, url: str) -> tuple[str, int, int]:
@@ -79,7 +58,8 @@ async def measure(limit: str, conns: int, seconds: float, size: int, use_asyncio
     runner, origin_port = await pattern_origin(size, "/file.bin")
     api, cdn = free_port(), free_port()
     home = tempfile.mkdtemp(prefix="bench-cdnlimit-")
-    proc = await _start_supernode(home, api, cdn, limit, use_asyncio)
+    proc = await start_supernode(home, api, cdn, "--cdn-rate-limit", limit,
+                                 entry=["-c", _NO_UVLOOP] if use_asyncio else ["-m", "supernode"])
     try:
         connector = aiohttp.TCPConnector(limit=conns)
         async with aiohttp.ClientSession(connector=connector) as http:

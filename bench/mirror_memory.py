@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from cdn_memory import _rss_kib, pattern_chunks, start_supernode, stop_supernode, write_pattern
-from swarm import free_port
+from swarm import answers, free_port
 
 from supernode.units import parse_size
 
@@ -94,13 +94,8 @@ async def run(size: int) -> dict[str, object]:
     result: dict[str, object] = {"layer_bytes": size, "cpus": os.cpu_count()}
     try:
         url = f"http://127.0.0.2:{mirror_port}/v2/bench/layer/blobs/{digest}?ns=127.0.0.1:{reg_port}"
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.2:{mirror_port}/v2/") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.05)
+        if not await answers(f"http://127.0.0.2:{mirror_port}/v2/", 10):
+            raise RuntimeError("the registry mirror did not answer /v2/ within 10 s")
         result["through_swarm"] = await _get(url, mirror.pid, digest)
         result["from_node_cache"] = await _get(url, mirror.pid, digest)
         meta = json.loads((home / "meta" / "host.meta").read_text())

@@ -263,15 +263,21 @@ async def start_origin(children: Children, size: int, rate: int) -> int:
     return int(line.rpartition(" ")[2])
 
 
-async def _wait_ping(api: int, log: Path, what: str) -> None:
+async def answers(url: str, seconds: float) -> bool:
+    """Whether ``url`` answers 200 within ``seconds``, polled every 50 ms: a server a benchmark started is up."""
     async with aiohttp.ClientSession() as http:
-        for _ in range(400):
+        for _ in range(max(1, round(seconds / 0.05))):
             with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"http://127.0.0.1:{api}/_ping") as r:
+                async with http.get(url) as r:
                     if r.status == 200:
-                        return
+                        return True
             await asyncio.sleep(0.05)
-    raise RuntimeError(f"{what} did not answer /_ping:\n{_tail(log)}")
+    return False
+
+
+async def _wait_ping(api: int, log: Path, what: str) -> None:
+    if not await answers(f"http://127.0.0.1:{api}/_ping", 20):
+        raise RuntimeError(f"{what} did not answer /_ping:\n{_tail(log)}")
 
 
 def _tail(log: Path) -> str:
