@@ -10,30 +10,25 @@ from supernode.errors import DfCode, DfError
 from supernode.progress import Limits, PieceStatus, ProgressState
 from supernode.scheduler import schedule
 from tests.bandwidth_swarm import MIB, BandwidthSwarm, relay_bound
+from tests.unit.test_scheduler import SUPER, TASK, make_state
 
-SUPER = "super"
-TASK = "t1"
 SUC = PieceStatus.SUCCESS
 PIECE = 4 * MIB
 
 
 def seeded_state(*, pieces: int, cdn_upload_rate: float = 20 * MIB, peers: int = 4) -> ProgressState:
-    """Clients c0..c{peers-1}; one piece flow was measured at 10 MiB/s, so the CDN runs C / 10 MiB/s at once."""
-    state = ProgressState(Limits(cdn_upload_rate=cdn_upload_rate, cdn_task_limit=64))
-    state.add_peer(SUPER, serves=False)
-    state.add_task(TASK, SUPER)
-    for i in range(peers):
-        state.add_peer(f"p{i}", serves=True)
-        state.add_client(TASK, f"c{i}", f"p{i}")
-    for num in range(pieces):
-        state.cdn_piece_done(TASK, num)
-    # one flow of another task, served by a peer that takes no part here, measures the rate of a flow
+    """Clients c0..c{peers-1}; one piece flow between peers was measured at 10 MiB/s, so the CDN runs
+    C / 10 MiB/s at once."""
+    state = make_state(Limits(cdn_upload_rate=cdn_upload_rate, cdn_task_limit=64), peers=peers, pieces=pieces)
+    # one flow of another task, between two peers that take no part here, measures the rate of a flow
     state.add_task("other", SUPER)
     state.cdn_piece_done("other", 0)
-    state.add_peer("m", serves=False)
-    state.add_client("other", "cm", "m")
-    state.start_piece("other", "cm", 0, SUPER, now=0.0)
-    state.update_piece("other", "cm", SUPER, 0, SUC, now=0.4, size=PIECE)
+    for pid, cid in (("m", "cm"), ("n", "cn")):
+        state.add_peer(pid, serves=True)
+        state.add_client("other", cid, pid)
+    state.update_piece("other", "cm", SUPER, 0, SUC, now=0.0)
+    state.start_piece("other", "cn", 0, "m", now=0.0)
+    state.update_piece("other", "cn", "m", 0, SUC, now=0.4, size=PIECE)
     return state
 
 
@@ -71,9 +66,8 @@ def test_a_client_that_leaves_settles_what_it_never_confirmed() -> None:
 def test_a_piece_on_its_way_is_not_sent_again_by_a_busy_cdn() -> None:
     state = seeded_state(pieces=2, cdn_upload_rate=10 * MIB)  # C = one flow
     state.start_piece(TASK, "c1", 1, SUPER, now=1.0)
-    # c0 runs a peer piece, so it is not idle: piece 1 is on its way to c1 and the CDN has no spare capacity
-    state.update_piece(TASK, "c3", SUPER, 0, SUC, now=1.0)
-    state.start_piece(TASK, "c0", 0, "p3", now=1.0)
+    # c0 lacks only piece 1, which is on its way to c1, and the CDN's one flow is taken
+    state.update_piece(TASK, "c0", SUPER, 0, SUC, now=1.0)
     with pytest.raises(DfError) as err:
         pull(state, "c0")
     assert err.value.code == DfCode.PEER_WAIT
@@ -88,6 +82,14 @@ def test_a_client_idle_for_a_second_gets_a_copy_rather_than_waiting_longer() -> 
     assert err.value.code == DfCode.PEER_WAIT
     assert [(a.piece_num, a.dst_pid) for a in schedule(state, TASK, "c0", now=2.0, rng=random.Random(0))] == [
         (0, SUPER)]
+
+
+def test_a_faster_cdn_runs_more_flows_of_the_measured_rate() -> None:
+    state = seeded_state(pieces=6, cdn_upload_rate=30 * MIB, peers=5)  # 30 / 10 MiB/s: three at once
+    got = [dst for cid in ("c0", "c1", "c2") for _, dst in pull(state, cid, limit=1)]
+    assert got == [SUPER] * 3
+    with pytest.raises(DfError):
+        pull(state, "c3", limit=1)
 
 
 def test_a_client_with_no_piece_comes_first_for_a_freed_source() -> None:
@@ -121,7 +123,7 @@ def test_a_piece_through_in_a_burst_is_not_a_capacity_sample() -> None:
 
 def test_cdn_flows_are_not_a_measure_of_what_clients_can_take() -> None:
     """A saturated CDN's flows are slow; taking them for the clients' capacity would make it run more."""
-    state = seeded_state(pieces=8, cdn_upload_rate=20 * MIB)
+    state = make_state(Limits(cdn_upload_rate=20 * MIB, cdn_task_limit=64), pieces=8)
     for i, num in enumerate(range(4)):
         state.start_piece(TASK, f"c{i}", num, SUPER, now=1.0)
     for i, num in enumerate(range(4)):
