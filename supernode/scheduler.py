@@ -123,10 +123,11 @@ def schedule(
 
     assignments: list[Assignment] = []
     picker = _SourcePicker(task, peer, rng, source_flows)
-    holder_counts, inflight = task.holder_counts, task.inflight
+    # with a finite CDN a piece counts with its copies on their way (running, or reported and not yet
+    # served), for rarest-first and for what is fresh
+    holder_counts, inflight, unconfirmed = task.holder_counts, task.inflight, task.unconfirmed
     counts = holder_counts
-    if seeding and (inflight or task.unconfirmed):
-        unconfirmed = task.unconfirmed
+    if seeding and (inflight or unconfirmed):
         counts = {n: holder_counts.get(n, 0) + inflight.get(n, 0) + unconfirmed.get(n, 0) for n in available}
     for num in sort_pieces(available, counts, running_center(client.running), rng):
         if picker.budget <= 0:
@@ -139,7 +140,7 @@ def schedule(
                 if isolated:
                     break
                 continue
-            if not isolated and not cdn.serves(num, holder_counts, inflight):
+            if not isolated and not cdn.serves(fresh=not counts.get(num)):
                 continue
             dst = task.super_pid
             cdn.take()
@@ -253,11 +254,10 @@ class _CdnBudget:
         self.slots -= 1
         self._load += 1
 
-    def serves(self, num: int, holder_counts: Mapping[int, int], inflight: Mapping[int, int]) -> bool:
-        """Whether the CDN serves piece ``num``, which no free peer can, given a free CDN slot."""
-        if not self._state.limits.cdn_upload_rate:
-            return True
-        if num not in holder_counts and num not in inflight and num not in self._task.unconfirmed:
+    def serves(self, *, fresh: bool) -> bool:
+        """Whether the CDN serves a piece no free peer can, given a free CDN slot; ``fresh``: no copy of it
+        is held by a source or on its way to a peer."""
+        if not self._state.limits.cdn_upload_rate or fresh:
             return True
         if self.slots > _CDN_FRESH_SLOTS:
             return True

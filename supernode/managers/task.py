@@ -300,9 +300,9 @@ class TaskManager:
         if reported is None:
             return None
         hold = self.settings.pull_hold
-        waiting = DfError(DfCode.PEER_WAIT, f"taskID: {task_id_}, clientID: {cid}: waiting for a source")
         if hold > 0 and self.changes.waiting(task_id_):
-            self.changes.notify(task_id_)
+            self.changes.notify(task_id_)  # this pull joins the held ones, in their order
+            waiting = DfError(DfCode.PEER_WAIT, f"taskID: {task_id_}, clientID: {cid}: waiting for a source")
         else:
             try:
                 return self._next(*reported)
