@@ -124,9 +124,15 @@ class Supernode:
             log.info("fetching only from hosts in source_allow: %s", ", ".join(s.source_allow))
 
     async def stop(self) -> None:
+        # The API closes first: nobody may read state this shutdown tears down. A preheat cancelled by
+        # the shutdown is not a failed one, and an operator that polled it in between took it for one
+        # and gave up instead of submitting it again to the restarted node.
+        api_runner, others = self._runners[:1], self._runners[1:]
+        for runner in api_runner:
+            await runner.cleanup()
         await self.preheats.stop()
         await self.gc.stop()
-        for runner in reversed(self._runners):
+        for runner in reversed(others):
             await runner.cleanup()
         self._runners.clear()
         await self.repair.close()

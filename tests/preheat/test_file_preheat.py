@@ -208,6 +208,36 @@ async def test_delete_cancels_a_running_preheat(make_node: NodeFactory, gated: G
         assert set(await resp.json()) == {"code", "message"}
 
 
+async def test_a_stopping_node_never_answers_that_its_own_shutdown_failed_a_preheat(
+        make_node: NodeFactory, gated: GatedOrigin, http: aiohttp.ClientSession) -> None:
+    """The operator takes FAILED for a real failure and gives up; the preheat must be submitted again instead."""
+    node = await make_node()
+    gated.files["/slow.bin"] = pattern_bytes(200_000)
+    _, created = await post_preheat(http, node, {"type": "file", "url": gated.url("/slow.bin")})
+    pid = created["ID"]
+    await _status_becomes(http, node, pid, "RUNNING")
+    record = node.preheats.records[pid]
+    seen_after_cancel: list[str] = []
+
+    async def poll() -> None:
+        for _ in range(10_000):  # until the API is gone
+            cancelled = record.status == "FAILED"
+            try:
+                _, info = await get_preheat(http, node, pid)
+            except aiohttp.ClientError:
+                return
+            if cancelled:
+                seen_after_cancel.append(info["status"])
+            await asyncio.sleep(0)
+
+    poller = asyncio.create_task(poll())
+    await asyncio.sleep(0.05)
+    await node.stop()
+    await asyncio.wait_for(poller, 10)
+    assert record.status == "FAILED" and record.error_msg == "cancelled"
+    assert seen_after_cancel == [], "the API answered after the shutdown had cancelled the preheat"
+
+
 async def test_a_preheat_that_runs_too_long_fails_with_timeout(make_node: NodeFactory, gated: GatedOrigin,
                                                                http: aiohttp.ClientSession) -> None:
     node = await make_node(preheat_timeout=0.5)
