@@ -467,7 +467,8 @@ def _cdn_counts(cfg: Config, work: Path, sn_metrics: dict[str, float], peers: li
                 "cdn_bytes_from": "supernode metric dragonfly_supernode_cdn_served_bytes_total",
                 "pieces_from_peers": sn_metrics.get('dragonfly_supernode_pieces_served_total{source="peer"}', 0.0),
                 "pieces_from_cdn": sn_metrics.get('dragonfly_supernode_pieces_served_total{source="cdn"}', 0.0),
-                "pieces_from": "supernode metric dragonfly_supernode_pieces_served_total{source}"}
+                "pieces_from": "supernode metric dragonfly_supernode_pieces_served_total{source}",
+                "cdn_capacity_mib_s": round(sn_metrics.get("dragonfly_supernode_cdn_capacity_bytes", 0.0) / MIB, 2)}
     nginx = go_dfv1.nginx_counts(work)
     logged = [p.pieces_from_peers for p in peers]
     return {"cdn_bytes": float(nginx.bytes_sent), "cdn_bytes_from": "nginx access log ($body_bytes_sent)",

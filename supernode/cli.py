@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cdn-rate-limit", dest="cdn_rate_limit",
                    help="total rate of the CDN piece port, all connections together, e.g. 100M (bytes/s; "
                         "default 0: unlimited)")
+    p.add_argument("--no-cdn-measure", dest="cdn_measure", action="store_const", const=False,
+                   help="with no --cdn-rate-limit, take the piece port for unlimited as Go does, instead of "
+                        "measuring its capacity from the pieces it sends")
     p.add_argument("--api-token-file", dest="api_token_file",
                    help="file with the bearer token that state-changing REST and preheat calls must send "
                         "(a mounted Secret; the token itself is SUPERNODE_API_TOKEN or api_token in the config "

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     system_bandwidth: Size = 20 * 1024**2
     cdn_rate_limit: Size = Field(0, description="total rate at which the download port sends piece bytes, all "
                                  "connections together (bytes per second, e.g. 100M); 0: unlimited")
+    cdn_measure: bool = Field(True, description="with cdn_rate_limit 0, measure the port's capacity from the "
+                              "pieces it sends, and seed at it once it saturates; false: take the port for "
+                              "unlimited, as Go does")
 
     fail_access_interval: Duration = 180.0
     gc_initial_delay: Duration = 6.0

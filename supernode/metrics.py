@@ -22,7 +22,7 @@ Compatibility notes:
 
 Extensions beyond v1 (same ``dragonfly_supernode_`` namespace, documented on each attribute below):
 ``source_bytes_total``, ``pieces_served_total{source}``, ``pieces_served_bytes_total{source}``,
-``cdn_served_bytes_total``, ``cdn_rate_limit_bytes``, ``tasks_failed_total{reason}``,
+``cdn_served_bytes_total``, ``cdn_rate_limit_bytes``, ``cdn_capacity_bytes``, ``tasks_failed_total{reason}``,
 ``cdn_cache_verify_failed_total`` and the preheat metrics ``preheats{type,status}``,
 ``preheats_finished_total{type,status}``, ``preheat_duration_seconds{type,status}`` and
 ``preheat_bytes_total{type}``.
@@ -297,6 +297,14 @@ class Metrics:
         self.cdn_rate_limit_bytes = Gauge(
             "cdn_rate_limit_bytes", "Configured egress rate limit of the CDN download port in bytes per second "
             "(0: unlimited). Extension beyond v1.", namespace=ns, subsystem=sub, registry=reg,
+        )
+        #: EXTENSION ``dragonfly_supernode_cdn_capacity_bytes``: the download port's capacity C that the
+        #: scheduler works with, in bytes per second: ``cdn_rate_limit`` when set, else the one measured from
+        #: the pieces the port sent once it saturated; 0 while unknown (probed, or taken for unlimited).
+        self.cdn_capacity_bytes = Gauge(
+            "cdn_capacity_bytes", "Capacity of the CDN download port the scheduler works with, in bytes per "
+            "second: the configured rate limit, or the one measured (0: unknown). Extension beyond v1.",
+            namespace=ns, subsystem=sub, registry=reg,
         )
         #: EXTENSION ``dragonfly_supernode_tasks_failed_total{reason}``, reason in
         #: :data:`TASK_FAILURE_REASONS` (use :meth:`task_failed` to map anything else to ``other``).

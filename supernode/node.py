@@ -52,7 +52,9 @@ class Supernode:
         self.progress = ProgressState(Limits(
             peer_up_limit=settings.up_limit, peer_down_limit=settings.down_limit,
             elimination_limit=settings.elimination_limit, failure_count_limit=settings.failure_count_limit,
-            cdn_task_limit=settings.cdn_task_limit, cdn_upload_rate=float(self.cdn_egress_rate or 0)))
+            cdn_task_limit=settings.cdn_task_limit, cdn_upload_rate=float(self.cdn_egress_rate or 0),
+            cdn_measure=settings.cdn_measure))
+        self.metrics.cdn_capacity_bytes.set_function(lambda: self.progress.cdn.rate)
         self.source = SourceClient(header_timeout=settings.source_probe_timeout,
                                    read_timeout=settings.source_read_timeout, allow=settings.allow_list)
         # Raises TokenError for an unreadable or empty token file: better not to start than to run open.

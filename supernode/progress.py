@@ -69,7 +69,10 @@ class Limits:
     """Seconds after which a task's unchanged supernode load is assumed leaked and reset to 0."""
     cdn_upload_rate: float = 0.0
     """The CDN's total upload capacity C in bytes/s, when the operator knows it (``--cdn-rate-limit``);
-    0: unknown, so the scheduler uses the CDN's measured capacity instead."""
+    0: unknown."""
+    cdn_measure: bool = False
+    """With C unknown, measure it from the CDN's pieces (:class:`supernode.rates.CdnCapacity`) instead of
+    taking the port for unlimited as Go does. The supernode's settings turn it on (``cdn_measure``)."""
 
 
 class PeerSet:
@@ -113,6 +116,10 @@ class Run(NamedTuple):
     dst: str
     epoch: int
     started: float = 0.0
+    flow_area: float = 0.0
+    """For a CDN piece: its client's ``flow_area`` when it started."""
+    cdn_area: float = 0.0
+    """For a CDN piece: ``ProgressState``'s integral of the CDN's load over time when it started."""
 
 
 @dataclass(slots=True, eq=False)
@@ -152,6 +159,10 @@ class ClientProgress:
     """Pieces reported SEMISUC and not yet SUCCESS: the client has them, its peer serves them not yet."""
     idle_since: float | None = None
     """When the scheduler first told this client to wait while it had nothing running; None while it runs."""
+    flow_area: float = 0.0
+    """The integral over time of how many pieces the client runs, up to ``flow_clock``: a piece's average
+    company is the integral's growth over its run divided by the run's length."""
+    flow_clock: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -187,6 +198,12 @@ class ProgressState:
         self.limits = limits
         self._peers: dict[str, PeerProgress] = {}
         self._tasks: dict[str, TaskProgress] = {}
+        self.cdn = rates.CdnCapacity(limits.cdn_upload_rate, measure=limits.cdn_measure)
+        """The CDN's capacity C, told or measured, and how many pieces it sends at once while not told."""
+        self.cdn_load = 0
+        """Pieces the CDN is serving, over all tasks (the sum of their ``super_load``): they share one port."""
+        self._cdn_area = 0.0
+        self._cdn_clock = 0.0
         self.peer_capacity = 0.0
         """The same estimate over every peer's samples: the guess for a peer not measured yet."""
         self.down_capacity = 0.0
@@ -358,10 +375,13 @@ class ProgressState:
         if dst_pid == task.super_pid:
             self._expire_super_load(task, now)
             task.super_load += 1
+            self._add_cdn_load(1, now)
             task.super_mtime = now
-            client.running[piece_num] = Run(dst_pid, task.super_epoch, now)
+            self._count_flows(client, now)
+            client.running[piece_num] = Run(dst_pid, task.super_epoch, now, client.flow_area, self._cdn_area)
             return
         dst = self.peer(dst_pid)
+        self._count_flows(client, now)
         client.running[piece_num] = Run(dst_pid, 0, now)
         old = dst.load
         dst.uploads.add((task_id, cid, piece_num))
@@ -399,6 +419,8 @@ class ProgressState:
                 if client.pid != task.super_pid:
                     self._hold(self._peers[client.pid], task, piece_num)
             return
+        if piece_num in client.running:
+            self._count_flows(client, now)
         run = client.running.pop(piece_num, None)
         if run is not None:
             if status in _HELD and run.dst == dst_pid and run.epoch != _ORPHAN:
@@ -443,12 +465,19 @@ class ProgressState:
         """
         source = self._peers.get(run.dst)
         rate = rates.piece_rate(size, now - run.started)
+        cdn = run.dst == task.super_pid
+        if cdn and size >= rates.SAMPLE_MIN:
+            self._add_cdn_load(0, now)
+            span = now - run.started
+            self.cdn.piece(rate, client_flows=(client.flow_area - run.flow_area) / span if span > 0 else 1.0,
+                           cdn_flows=(self._cdn_area - run.cdn_area) / span if span > 0 else 1.0,
+                           clients_take=self.down_capacity)
         if rate is None or source is None:
             return
-        concurrent = task.super_load if run.dst == task.super_pid else source.load
+        concurrent = task.super_load if cdn else source.load
         sample = rate * max(concurrent, 1)
         source.capacity = rates.average(source.capacity, sample)
-        if run.dst == task.super_pid:
+        if cdn:
             return
         self.peer_capacity = rates.average(self.peer_capacity, sample)
         down = rate * (len(client.running) + 1)
@@ -568,6 +597,7 @@ class ProgressState:
                 self._expire_super_load(task, now)
             if run.epoch == task.super_epoch:
                 task.super_load -= 1
+                self._add_cdn_load(-1, now)
                 if now is not None:
                     task.super_mtime = now
             return
@@ -576,7 +606,23 @@ class ProgressState:
         dst.uploads.remove((task.task_id, cid, piece_num))
         self._load_changed(dst, old)
 
+    @staticmethod
+    def _count_flows(client: ClientProgress, now: float) -> None:
+        """Bring the client's ``flow_area`` up to ``now``; called before its running pieces change."""
+        if now > client.flow_clock:
+            client.flow_area += len(client.running) * (now - client.flow_clock)
+            client.flow_clock = now
+
+    def _add_cdn_load(self, delta: int, now: float | None) -> None:
+        """Change the CDN's load, and keep its integral over time: a CDN piece's average company is the
+        integral's growth over its run divided by the run's length."""
+        if now is not None and now > self._cdn_clock:
+            self._cdn_area += self.cdn_load * (now - self._cdn_clock)
+            self._cdn_clock = now
+        self.cdn_load += delta
+
     def _expire_super_load(self, task: TaskProgress, now: float) -> None:
         if task.super_load and now - task.super_mtime >= self.limits.super_load_reset:
+            self._add_cdn_load(-task.super_load, now)
             task.super_load = 0
             task.super_epoch += 1

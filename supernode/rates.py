@@ -41,3 +41,97 @@ def average(estimate: float, sample: float) -> float:
     if not estimate:
         return sample
     return 1 / (1 / estimate + CAPACITY_WEIGHT * (1 / sample - 1 / estimate))
+
+
+
+
+CDN_START = 2
+"""CDN pieces out at once while C is told but no flow between peers is measured yet (the first pieces of a
+swarm are the ones everybody waits for, so they go out a few at a time, each at a client's full speed)."""
+
+PROBE_START = 4
+"""CDN pieces out at once while C is neither told nor yet measured: the first window of the probe."""
+
+PROBE_OPEN = 16
+"""A probe window that has grown this wide without the port saturating says C is large: the CDN becomes a
+source like the others (still watched for saturation)."""
+
+SLOW = 0.6
+"""CDN pieces whose clients took less than this share of what clients take from peers (the piece's rate times
+the pieces its client ran beside it) ran at the CDN's share, not at their clients': the port was the
+bottleneck. Well below 1, because a dfget's limiter lets a piece through at up to twice its rate now and
+then, so the reference runs high and a piece at the rate can look 0.7 of it (0.7 made an unlimited port
+look saturated); not lower, so that C = 5 D still shows before the probe's window opens."""
+
+
+class CdnCapacity:
+    """C, the piece port's total upload rate: as the operator told it, or as the CDN's own pieces show it.
+
+    A supernode shares its NIC, so C is often not what the port could do alone, and not known. It shows
+    only when the port saturates, and only against a reference: N clients that each get C/N from the CDN
+    look exactly like N clients that can each take only C/N. The reference is what clients take from
+    peers (``ProgressState.down_capacity``), and a CDN piece says what its client took from it: its rate
+    times the pieces the client ran meanwhile (a client's share of its own download, had that been the
+    limit).
+
+    While C is unknown the CDN probes, as TCP's slow start does: it runs a window of :data:`PROBE_START`
+    pieces at once, one more after each piece that ran while at least half the window was in use (a
+    window that grew while the CDN ran a few pieces says nothing about many), so the window doubles each
+    round while the port keeps up.
+    The port is saturated once CDN pieces run :data:`SLOW`, on average (over time per byte, as every rate
+    here) and the latest one too: one slow piece on a busy machine is no verdict. Each such piece's rate
+    times the CDN pieces that ran beside it is a sample of C; from the first, C is measured (their moving
+    average) and the CDN is a seed of that capacity, as if told. A window that reaches :data:`PROBE_OPEN`
+    first ends the probe: C is large, and a saturation later on still measures it. With ``measure`` off
+    and C not told, the port is taken to be unlimited, as Go does.
+
+    Pure: the progress state feeds it every finished CDN piece; the scheduler reads :attr:`seeds`,
+    :attr:`rate`, :attr:`probing` and :attr:`window`.
+    """
+
+    __slots__ = ("_measure", "_took", "measured", "told", "window")
+
+    def __init__(self, told: float = 0.0, *, measure: bool = True) -> None:
+        self.told = told
+        """C as the operator set it (``--cdn-rate-limit``), bytes/s; 0: not told."""
+        self.measured = 0.0
+        """C as measured, bytes/s; 0 while the port has not been seen saturated."""
+        self._measure = measure and not told
+        self.window = PROBE_START if self._measure else PROBE_OPEN
+        """CDN pieces out at once while probing."""
+        self._took = 0.0
+
+    @property
+    def rate(self) -> float:
+        """C in bytes/s, told or measured; 0 while unknown."""
+        return self.told or self.measured
+
+    @property
+    def seeds(self) -> bool:
+        """The CDN is a seed of finite capacity: C is told or measured, or being probed."""
+        return bool(self.rate) or self.probing
+
+    @property
+    def probing(self) -> bool:
+        """C is unknown, and the port has not yet kept up with :data:`PROBE_OPEN` pieces at once."""
+        return not self.rate and self.window < PROBE_OPEN
+
+    def piece(self, rate: float | None, *, client_flows: float, cdn_flows: float, clients_take: float) -> None:
+        """One CDN piece finished.
+
+        ``rate``: its bytes/s, None when it was too quick to time (:func:`piece_rate`); ``client_flows``
+        and ``cdn_flows``: the pieces its client and the CDN ran meanwhile, this one included, on average
+        over its run; ``clients_take``: what a client takes from peers, bytes/s (0: not measured yet, and
+        nothing can be told).
+        """
+        if not self._measure:
+            return
+        if rate is not None:
+            took = rate * max(client_flows, 1.0)
+            self._took = average(self._took, took)
+            slow = SLOW * clients_take
+            if self._took < slow and took < slow and cdn_flows > 1:
+                self.measured = average(self.measured, rate * cdn_flows)
+                return
+        if self.probing and cdn_flows >= self.window / 2:
+            self.window += 1

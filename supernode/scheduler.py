@@ -15,10 +15,11 @@ random) instead of the first in map order, which spreads uploads over the swarm;
 weighed against the CDN by measured throughput and current load (:meth:`_CdnBudget.faster_than`), so
 a client is not handed a crawling upload from a busy peer while the CDN would serve it faster.
 
-With the CDN's upload capacity known (``Limits.cdn_upload_rate``) the CDN is a seed of finite capacity
-(:class:`_CdnBudget`) and clients and sources run only the flows their measured capacities fill
-(:func:`_flow_limits`): the regime of a supernode that shares one NIC with hundreds of nodes, where
-the peers, not the CDN, must carry the swarm.
+With the CDN's upload capacity C told (``Limits.cdn_upload_rate``) or measured, or while it is being
+probed (:class:`supernode.rates.CdnCapacity`), the CDN is a seed of finite capacity (:class:`_CdnBudget`)
+and clients and sources run only the flows their measured capacities fill (:func:`_flow_limits`): the
+regime of a supernode that shares one NIC with hundreds of nodes, where the peers, not the CDN, must
+carry the swarm.
 
 Sources go first to the clients that lag: a client with no piece at all that waited while every source
 was busy is owed the next free one (:func:`_hungry_others`), and the task manager wakes held pulls fewest
@@ -35,12 +36,9 @@ from dataclasses import dataclass
 
 from .errors import DfCode, DfError
 from .progress import PeerProgress, PeerSet, ProgressState, TaskProgress
+from .rates import CDN_START as _CDN_START
 
 _DEFAULT_RNG = random.Random()
-
-_CDN_START = 2
-"""Pieces the CDN sends at once for a task before anything is measured: the first pieces of a swarm are
-the ones everybody waits for, so they go out one or two at a time, each at a client's full speed."""
 
 _CDN_FRESH_SLOTS = 2
 """Flows a finite CDN keeps for fresh pieces: it sends a piece that peers hold only while more are free."""
@@ -94,7 +92,7 @@ def schedule(
     available.difference_update(client.running)
     if not available:
         raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}")
-    seeding = bool(limits.cdn_upload_rate)
+    seeding = state.cdn.seeds
     flows, source_flows = _flow_limits(state, peer) if seeding else (limits.peer_down_limit, limits.peer_up_limit)
     slots = flows - len(client.running)
     if limit is not None:
@@ -214,14 +212,14 @@ def _full_flow(state: ProgressState) -> float:
 class _CdnBudget:
     """The CDN's share of one schedule call.
 
-    With its capacity C unknown, the CDN is a source like the others, weighed against the least
-    loaded free holder by measured throughput (:meth:`faster_than`), up to ``cdn_task_limit`` pieces
-    at once. On a fast port that is what finishes a swarm soonest, and a CDN that really saturates
-    shows it in its measured rate.
+    With its capacity C taken for unlimited (not told, and the probe over without a measure, or
+    measuring off), the CDN is a source like the others, weighed against the least loaded free holder
+    by measured throughput (:meth:`faster_than`), up to ``cdn_task_limit`` pieces at once. On a fast
+    port that is what finishes a swarm soonest.
 
-    With C known (``Limits.cdn_upload_rate``, the operator's ``--cdn-rate-limit``), the CDN is a seed of
-    finite capacity that every peer waits on while a piece exists nowhere else, so it is spent where
-    peers cannot help, as BitTorrent's super-seeding does:
+    With C told (``Limits.cdn_upload_rate``, the operator's ``--cdn-rate-limit``) or measured, or while
+    it is probed, the CDN is a seed of finite capacity that every peer waits on while a piece exists
+    nowhere else, so it is spent where peers cannot help, as BitTorrent's super-seeding does:
 
     - *fresh* pieces (no peer holds one, none is on its way to a peer or waiting for the SUCCESS that
       makes its receiver a source) may always come from it, and
@@ -233,22 +231,25 @@ class _CdnBudget:
       while the CDN has a flow's capacity to spare (it would idle otherwise: the tail of a download
       whose holders are all busy). Only in the first case is it weighed against the least loaded
       free holder by speed: a CDN with no flows to spare that won such races sent 2-3 F;
-    - it runs at most about C / (rate of one piece flow) pieces at once, so the pieces it sends
-      arrive as fast as from any other source instead of crawling side by side; before any flow is
-      measured, :data:`_CDN_START`.
+    - it runs at most about C / (rate of one piece flow) pieces at once, over all tasks, so the pieces
+      it sends arrive as fast as from any other source instead of crawling side by side; before any
+      flow is measured, :data:`_CDN_START`; while C is probed, the probe's window.
     """
 
     __slots__ = ("_load", "_rate", "_starving", "_state", "_task", "slots")
 
     def __init__(self, state: ProgressState, task: TaskProgress, load: int, *, starving: bool) -> None:
         self._state, self._task, self._load, self._starving = state, task, load, starving
-        limits = state.limits
-        self._rate = limits.cdn_upload_rate or state.capacity(task.super_pid)
-        cap = limits.cdn_task_limit
-        if limits.cdn_upload_rate:
+        cdn = state.cdn
+        self._rate = cdn.rate or state.capacity(task.super_pid)
+        self.slots = state.limits.cdn_task_limit - load
+        # the port's flows are shared by all its tasks
+        if cdn.rate:
             flow = _full_flow(state)
-            cap = min(cap, max(1, round(limits.cdn_upload_rate / flow)) if flow else _CDN_START)
-        self.slots = cap - load
+            port = max(1, round(cdn.rate / flow)) if flow else _CDN_START
+            self.slots = min(self.slots, port - state.cdn_load)
+        elif cdn.probing:
+            self.slots = min(self.slots, cdn.window - state.cdn_load)
 
     def take(self) -> None:
         self.slots -= 1
@@ -257,7 +258,7 @@ class _CdnBudget:
     def serves(self, *, fresh: bool) -> bool:
         """Whether the CDN serves a piece no free peer can, given a free CDN slot; ``fresh``: no copy of it
         is held by a source or on its way to a peer."""
-        if not self._state.limits.cdn_upload_rate or fresh:
+        if not self._state.cdn.seeds or fresh:
             return True
         if self.slots > _CDN_FRESH_SLOTS:
             return True

@@ -375,7 +375,11 @@ class TaskManager:
         first_success = (status in (PieceStatus.SUCCESS, PieceStatus.SEMISUC)
                          and not self.progress.client_holds(task.id, client.cid, num))
         size = self._piece_bytes(task, num) if first_success else 0
+        capacity = self.progress.cdn.measured
         self.progress.update_piece(task.id, client.cid, dst_pid or "", num, status, time.monotonic(), size=size)
+        if self.progress.cdn.measured != capacity:
+            log.log(logging.DEBUG if capacity else logging.INFO, "CDN port capacity measured: %.1f MiB/s",
+                    self.progress.cdn.measured / 1024**2)
         self.changes.notify(task.id)
         if first_success:
             self.metrics.piece_served("cdn" if dst_pid == self.super_peer.id else "peer", size)

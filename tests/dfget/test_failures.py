@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -60,25 +61,31 @@ async def test_wrong_md5_is_never_published(origin: OriginServer, supernode: Sup
 
 async def test_corrupt_piece_from_a_peer_is_refetched(origin: OriginServer, supernode: SupernodeProcess,
                                                       nodes: DfgetNodes) -> None:
-    """Peer A serves a piece with a flipped byte: B notices by MD5, reports it, and still gets the file."""
-    origin.files["/f.bin"] = data = pattern_bytes(16 * MIB)
+    """Peer A serves pieces with a flipped byte: B notices by MD5, reports each, and still gets the file.
+
+    Every piece A serves is corrupt, so whichever of them the scheduler hands B from A (it weighs A against
+    the CDN) is caught.
+    """
+    size = 16 * MIB
+    origin.files["/f.bin"] = data = pattern_bytes(size)
     node = f"127.0.0.1:{supernode.api_port}"
     first = await nodes.run(origin.url("/f.bin"), "--node", node, ip="127.0.0.2")
     assert first.code == 0, first.describe()
     (service,) = (first.home / "data").glob("*.service")
-    with service.open("r+b") as handle:  # what A's uploader serves: piece 1 gets one byte flipped
-        handle.seek(PIECE_DATA + 1000)
-        byte = handle.read(1)
-        handle.seek(PIECE_DATA + 1000)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    with service.open("r+b") as handle:  # what A's uploader serves: one byte flipped in every piece
+        for offset in range(1000, size, PIECE_DATA):
+            handle.seek(offset)
+            byte = handle.read(1)
+            handle.seek(offset)
+            handle.write(bytes([byte[0] ^ 0xFF]))
 
     second = await nodes.run(origin.url("/f.bin"), "--node", node, ip="127.0.0.3")
     assert second.code == 0, second.describe()
     assert file_md5(second.output) == md5_hex(data), "a corrupt piece reached the output"
-    assert "1 piece retried" in second.stdout, second.stdout
-    assert second.counts()["peers"] > 0
+    retried = re.search(r"(\d+) pieces? retried", second.stdout)
+    assert retried, second.stdout
     errors = await metric(supernode.api_url, "dragonfly_supernode_http_requests_total", handler="/peer/piece/error")
-    assert errors == 1, "the corrupt piece was not reported with /peer/piece/error"
+    assert errors == int(retried[1]) >= 1, "each corrupt piece is reported with /peer/piece/error"
 
 
 async def test_peer_killed_mid_download(origin: OriginServer, supernode: SupernodeProcess,
@@ -103,13 +110,14 @@ async def test_peer_killed_mid_download(origin: OriginServer, supernode: Superno
     while "registered with" not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline, "B never registered"
         await asyncio.sleep(0.05)
-    await asyncio.sleep(1.0)  # B's first four pieces come from A, the only holder, for about 8 s at 2 MiB/s
+    await asyncio.sleep(1.0)  # B's first pieces come from A, the only peer holder, at 2 MiB/s: seconds each
     os.kill(pid, signal.SIGKILL)
     result = await second.wait()
 
     assert result.code == 0, result.describe()
     assert file_md5(result.output) == md5_hex(data)
-    assert "pieces retried" in result.stdout, f"the pieces cut by the kill were not retried: {result.stdout}"
+    retried = re.search(r"\d+ pieces? retried", result.stdout)
+    assert retried, f"the pieces cut by the kill were not retried: {result.stdout}"
     assert result.counts()["supernode"] >= 12, result.stdout
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.paced_relay import paced_relay
 from tests.v1proto import OriginServer, SupernodeProcess, free_port, pattern_bytes, running
 
 from .conftest import DfgetNodes, Finished, file_md5, md5_hex, metric, uploader_pid, wait_gone
@@ -111,3 +112,37 @@ async def test_a_rate_limited_cdn_seeds_and_the_peers_carry_the_rest(origin: Ori
         assert cdn_bytes <= 2 * size, f"the CDN sent {cdn_bytes / size:.2f} F"
         assert from_peers >= 4 * size - cdn_bytes - MIB, "the peers served the rest"
         check_origin_sent_once(origin, "/seeded.bin", size)
+
+
+async def test_a_cdn_not_told_its_capacity_measures_it_and_seeds(origin: OriginServer, tmp_path: Path,
+                                                                 nodes: DfgetNodes) -> None:
+    """No ``--cdn-rate-limit``, but a link of 4 MiB/s in front of the piece port: the scheduler measures C.
+
+    The supernode listens on 127.0.0.1; the peers reach it at 127.0.0.9, where relays (``tests/paced_relay.py``)
+    forward its API port as it is and its piece port at 4 MiB/s in all, so every CDN byte a peer gets crosses
+    that link; peers take 8 MiB/s. Asserted are properties, not times: all outputs right; C measured, and
+    not above the link (a loaded machine only makes pieces slower); at most 2 F from the CDN, the rest from
+    peers.
+    """
+    api_port, cdn_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+    node = SupernodeProcess(tmp_path / "home", tmp_path, api_port=api_port, cdn_port=cdn_port,
+                            extra_args=["--listen-host", "127.0.0.1"])
+    async with (running(node), paced_relay("127.0.0.9", api_port, ("127.0.0.1", api_port)),
+                paced_relay("127.0.0.9", cdn_port, ("127.0.0.1", cdn_port), 4 * MIB) as link):
+        size = 32 * MIB
+        origin.files["/measured.bin"] = data = pattern_bytes(size)
+        url = origin.url("/measured.bin")
+        runs = [await nodes.start(url, "--node", f"127.0.0.9:{api_port}", "-s", "8M", "--totallimit", "8M",
+                                  ip=f"127.0.0.{n}") for n in range(2, 6)]
+        results = [await run.wait(90) for run in runs]
+        for result in results:
+            assert result.code == 0, result.describe()
+            assert file_md5(result.output) == md5_hex(data)
+        capacity = await metric(node.api_url, "dragonfly_supernode_cdn_capacity_bytes")
+        cdn_bytes = await metric(node.api_url, "dragonfly_supernode_cdn_served_bytes_total")
+        from_peers = await metric(node.api_url, "dragonfly_supernode_pieces_served_bytes_total", source="peer")
+    assert 0 < capacity <= 1.3 * 4 * MIB, f"measured C = {capacity / MIB:.2f} MiB/s"
+    assert link.sent >= cdn_bytes, "every CDN byte crossed the link"
+    assert cdn_bytes <= 2 * size, f"the CDN sent {cdn_bytes / size:.2f} F"
+    assert from_peers >= 4 * size - cdn_bytes - MIB, "the peers served the rest"
+    check_origin_sent_once(origin, "/measured.bin", size)

@@ -213,7 +213,8 @@ class SimulatedPeer:
                 return {"taskId": task_id, **answer.data}
             if code == CODE_PEER_CONTINUE:
                 wait = 0.05
-                fresh = [item for item in answer.data if item["range"] not in seen]
+                # a 601 with no data: the client runs all the pieces it may, go on with them
+                fresh = [item for item in answer.data or [] if item["range"] not in seen]
                 seen.update(item["range"] for item in fresh)
                 pending.extend(fresh)
             if not pending:  # 602, or nothing new: wait, then send the latest report again as dfget does

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from supernode.cdn.egress import MAX_CHUNK, MIN_CHUNK, EgressLimiter, chunk_size_for
-from supernode.cli import main
+from supernode.cli import _parser, main
 from supernode.config import load_settings
 from supernode.node import Supernode
 from tests.unit.test_metrics import sample_value
@@ -23,6 +23,7 @@ MIB = 1024**2
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SUPERNODE_CDN_RATE_LIMIT", raising=False)
+    monkeypatch.delenv("SUPERNODE_CDN_MEASURE", raising=False)
 
 
 def test_absent_or_zero_is_unlimited() -> None:
@@ -71,6 +72,26 @@ def test_the_node_exposes_the_limit_and_exports_it(tmp_path: Path) -> None:
     unlimited = Supernode(load_settings(None, advertise_ip="127.0.0.1", home_dir=tmp_path))
     assert unlimited.cdn_egress_rate is None
     assert sample_value(unlimited.metrics, "dragonfly_supernode_cdn_rate_limit_bytes") == 0
+
+
+def test_the_capacity_the_scheduler_works_with_is_exported_told_or_measured(tmp_path: Path) -> None:
+    told = Supernode(load_settings(None, advertise_ip="127.0.0.1", home_dir=tmp_path, cdn_rate_limit="4M"))
+    assert sample_value(told.metrics, "dragonfly_supernode_cdn_capacity_bytes") == 4 * MIB
+    measuring = Supernode(load_settings(None, advertise_ip="127.0.0.1", home_dir=tmp_path))
+    assert measuring.progress.cdn.probing
+    assert sample_value(measuring.metrics, "dragonfly_supernode_cdn_capacity_bytes") == 0
+    measuring.progress.cdn.piece(2 * MIB, client_flows=1, cdn_flows=5, clients_take=10 * MIB)
+    assert sample_value(measuring.metrics, "dragonfly_supernode_cdn_capacity_bytes") == 10 * MIB
+    go = Supernode(load_settings(None, advertise_ip="127.0.0.1", home_dir=tmp_path, cdn_measure=False))
+    assert not go.progress.cdn.probing and not go.progress.cdn.seeds
+
+
+def test_measuring_is_turned_off_by_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(None, advertise_ip="127.0.0.1").cdn_measure
+    flags = vars(_parser().parse_args(["--no-cdn-measure"]))
+    assert not load_settings(None, advertise_ip="127.0.0.1", **flags).cdn_measure
+    monkeypatch.setenv("SUPERNODE_CDN_MEASURE", "false")
+    assert not load_settings(None, advertise_ip="127.0.0.1").cdn_measure
 
 
 @pytest.mark.parametrize(("rate", "chunk"), [(1024, MIN_CHUNK), (4 * MIB, 128 * 1024), (8 * MIB, MAX_CHUNK),

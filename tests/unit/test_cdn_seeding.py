@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from supernode import rates
 from supernode.errors import DfCode, DfError
 from supernode.progress import Limits, PieceStatus, ProgressState
 from supernode.scheduler import schedule
@@ -16,10 +17,13 @@ SUC = PieceStatus.SUCCESS
 PIECE = 4 * MIB
 
 
-def seeded_state(*, pieces: int, cdn_upload_rate: float = 20 * MIB, peers: int = 4) -> ProgressState:
+def seeded_state(
+    *, pieces: int, cdn_upload_rate: float = 20 * MIB, peers: int = 4, measure: bool = False,
+) -> ProgressState:
     """Clients c0..c{peers-1}; one piece flow between peers was measured at 10 MiB/s, so the CDN runs
     C / 10 MiB/s at once."""
-    state = make_state(Limits(cdn_upload_rate=cdn_upload_rate, cdn_task_limit=64), peers=peers, pieces=pieces)
+    limits = Limits(cdn_upload_rate=cdn_upload_rate, cdn_task_limit=64, cdn_measure=measure)
+    state = make_state(limits, peers=peers, pieces=pieces)
     # one flow of another task, between two peers that take no part here, measures the rate of a flow
     state.add_task("other", SUPER)
     state.cdn_piece_done("other", 0)
@@ -133,6 +137,43 @@ def test_cdn_flows_are_not_a_measure_of_what_clients_can_take() -> None:
     assert got.count(SUPER) == 2, "still the two CDN flows of an unmeasured swarm"
 
 
+def test_a_cdn_not_told_measures_c_from_lone_pieces_that_other_cdn_pieces_slowed() -> None:
+    state = seeded_state(pieces=8, cdn_upload_rate=0.0, measure=True, peers=5)  # clients take 10 MiB/s from peers
+    assert state.cdn.probing and state.cdn.window == rates.PROBE_START
+    for i in range(5):
+        state.start_piece(TASK, f"c{i}", i, SUPER, now=1.0)
+    state.update_piece(TASK, "c0", SUPER, 0, SUC, now=2.0, size=PIECE)  # 4 MiB/s beside 4 more: 5 x 4 MiB/s
+    assert state.cdn.rate == pytest.approx(20 * MIB)
+    assert state.cdn_load == 4
+    # c1's piece ran 1 s beside 4 others and 0.6 s beside 3: 4.625 on average, at 2.5 MiB/s
+    state.update_piece(TASK, "c1", SUPER, 1, SUC, now=2.6, size=PIECE)
+    assert state.cdn.rate == pytest.approx(rates.average(20 * MIB, 2.5 * MIB * 4.625))
+
+
+def test_a_cdn_piece_that_shared_its_clients_download_is_judged_by_the_clients_share() -> None:
+    state = seeded_state(pieces=8, cdn_upload_rate=0.0, measure=True, peers=5)  # clients take 10 MiB/s from peers
+    state.update_piece(TASK, "c1", SUPER, 7, SUC, now=0.0)  # p1 holds piece 7
+    for i in (0, 2, 3, 4):
+        state.start_piece(TASK, f"c{i}", i, SUPER, now=1.0)
+    state.start_piece(TASK, "c0", 7, "p1", now=1.0)
+    state.update_piece(TASK, "c0", SUPER, 0, SUC, now=1.0 + 4 / 3, size=PIECE)  # 3 MiB/s beside a piece from p1
+    assert state.cdn.rate == 0.0, "6 MiB/s of its client's 10 taken: no sign of a saturated port"
+    # 2 MiB/s each, alone, beside 3 other CDN pieces for 4/3 s and 2 for 2/3 s: 11/3 CDN pieces on average
+    state.update_piece(TASK, "c2", SUPER, 2, SUC, now=3.0, size=PIECE)
+    state.update_piece(TASK, "c3", SUPER, 3, SUC, now=3.0, size=PIECE)
+    assert state.cdn.rate == pytest.approx(2 * MIB * 11 / 3)
+
+
+def test_the_pieces_of_every_task_share_the_port() -> None:
+    state = seeded_state(pieces=6)  # C = 20 MiB/s, one flow 10 MiB/s: two at once, over all tasks
+    state.cdn_piece_done("other", 1)
+    state.start_piece("other", "cm", 1, SUPER, now=1.0)
+    assert [dst for _, dst in pull(state, "c0")] == [SUPER]
+    with pytest.raises(DfError) as err:
+        pull(state, "c1")
+    assert err.value.code == DfCode.PEER_WAIT, "the other task's piece holds the second of the port's two flows"
+
+
 def test_the_cdn_runs_about_c_over_one_flow_at_once() -> None:
     state = seeded_state(pieces=6)  # C = 20 MiB/s, one flow 10 MiB/s: two at once
     assert [dst for _, dst in pull(state, "c0", limit=1) + pull(state, "c1")] == [SUPER, SUPER]
@@ -205,46 +246,67 @@ def test_pieces_in_flight_are_counted_and_released() -> None:
 F = 64 * MIB
 
 
-def swarm(n: int, *, c: float, known: bool, d: float = 10, size: int = F, seed: int = 0) -> BandwidthSwarm:
-    limits = Limits(cdn_task_limit=64, cdn_upload_rate=c * MIB if known else 0.0)
+def swarm(
+    n: int, *, c: float, cdn: str, d: float = 10, size: int = F, seed: int = 0,
+) -> BandwidthSwarm:
+    """``cdn``: "told" (the supernode knows C), "measured" (it does not, and measures it) or "go" (it takes
+    the port for unlimited, as Go does)."""
+    limits = Limits(cdn_task_limit=64, cdn_upload_rate=c * MIB if cdn == "told" else 0.0, cdn_measure=cdn == "measured")
     return BandwidthSwarm(n=n, size=size, s=20 * MIB, c=c * MIB, d=d * MIB, u=10 * MIB, limits=limits, seed=seed)
 
 
 @pytest.mark.parametrize(("n", "bound"), [(8, 1.25), (16, 1.3), (32, 1.35)])
 def test_a_finite_cdn_seeds_and_peers_carry_the_swarm(n: int, bound: float) -> None:
     """C = 2D: knowing C, the swarm finishes 2.5x+ sooner than treating the CDN as a source like any other."""
-    seeded = swarm(n, c=20, known=True).run()
-    plain = swarm(n, c=20, known=False).run()
+    seeded = swarm(n, c=20, cdn="told").run()
+    plain = swarm(n, c=20, cdn="go").run()
     assert seeded.ratio <= bound
     assert plain.ratio / seeded.ratio >= 2.5
     assert seeded.cdn_bytes <= 1.5 * F, "the CDN sends each piece about once"
     assert seeded.peer_bytes >= (n - 1.5) * F
 
 
+@pytest.mark.parametrize(("n", "bound"), [(8, 1.3), (16, 1.35), (32, 1.45)])
+def test_a_cdn_not_told_its_capacity_measures_it_and_seeds(n: int, bound: float) -> None:
+    """C = 2D, not told: the probe finds C within a few pieces, and the swarm runs about as if told."""
+    measured = swarm(n, c=20, cdn="measured")
+    outcome = measured.run()
+    assert measured.state.cdn.measured == pytest.approx(20 * MIB, rel=0.25)
+    assert outcome.ratio <= bound
+    assert outcome.cdn_bytes <= 1.5 * F
+
+
 @pytest.mark.parametrize("n", [8, 16, 32])
 def test_the_seeding_swarm_is_near_the_whole_piece_bound(n: int) -> None:
     """Within 0.07 T* of the best any scheduler of whole pieces does here (and, as a check on the model, not below)."""
     bound = relay_bound(n, f=F, piece=4 * MIB, s=20 * MIB, d=10 * MIB, cdn_flows=2)
-    ratio = swarm(n, c=20, known=True).run().ratio
+    ratio = swarm(n, c=20, cdn="told").run().ratio
     assert bound - 1e-9 <= ratio <= bound + 0.07
 
 
 @pytest.mark.parametrize("n", [8, 16])
 def test_an_unlimited_cdn_still_serves_at_full_speed(n: int) -> None:
-    assert swarm(n, c=1e6, known=False).run().ratio <= 1.1
+    assert swarm(n, c=1e6, cdn="go").run().ratio <= 1.1
     # known and huge: until a peer's piece is measured the CDN runs _CDN_START flows, not cdn_task_limit
-    assert swarm(n, c=1e6, known=True).run().ratio <= 1.2
+    assert swarm(n, c=1e6, cdn="told").run().ratio <= 1.2
+    # not told: the probe's first rounds run a few CDN flows, and it never sees the port saturate (at N = 16
+    # the swarm keeps more than half of its widest window busy, and it opens)
+    measured = swarm(n, c=1e6, cdn="measured")
+    assert measured.run().ratio <= 1.2
+    assert measured.state.cdn.rate == 0
+    assert measured.state.cdn.probing == (n < 16)
 
 
-def test_the_upload_bound_regime() -> None:
+@pytest.mark.parametrize("cdn", ["told", "measured"])
+def test_the_upload_bound_regime(cdn: str) -> None:
     """D = 2U: T* = N*F/(C + N*U), bound by what the swarm can upload."""
-    outcome = swarm(8, c=20, known=True, d=20).run()
+    outcome = swarm(8, c=20, cdn=cdn, d=20).run()
     assert outcome.t_star == pytest.approx(8 * 64 / (20 + 80))
     assert outcome.ratio <= 1.75
 
 
-@pytest.mark.parametrize("known", [True, False])
-def test_a_one_piece_file(known: bool) -> None:
-    outcome = swarm(8, c=20, known=known, size=2 * MIB).run()
+@pytest.mark.parametrize("cdn", ["told", "measured", "go"])
+def test_a_one_piece_file(cdn: str) -> None:
+    outcome = swarm(8, c=20, cdn=cdn, size=2 * MIB).run()
     assert len(outcome.finish) == 8
     assert outcome.t_all <= 1.5

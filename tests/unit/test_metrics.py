@@ -48,6 +48,7 @@ EXTENSIONS: list[tuple[str, str, list[str]]] = [
     ("dragonfly_supernode_pieces_served_bytes", "counter", ["source"]),
     ("dragonfly_supernode_cdn_served_bytes", "counter", []),
     ("dragonfly_supernode_cdn_rate_limit_bytes", "gauge", []),
+    ("dragonfly_supernode_cdn_capacity_bytes", "gauge", []),
     ("dragonfly_supernode_tasks_failed", "counter", ["reason"]),
     ("dragonfly_supernode_cdn_cache_verify_failed", "counter", []),
     ("dragonfly_supernode_preheats", "gauge", ["type", "status"]),
