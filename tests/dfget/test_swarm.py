@@ -87,6 +87,27 @@ async def test_second_run_reuses_the_uploader(origin: OriginServer, supernode: S
     assert second.counts()["peers"] == 1.0, "the second run on the node fetches from the first one's uploader"
 
 
+async def four_peers_fetch(nodes: DfgetNodes, origin: OriginServer, path: str, size: int, supernode: str) -> None:
+    """Four dfget peers (127.0.0.2-5, 8 MiB/s down and up) fetch one new file at once; every output must be right."""
+    origin.files[path] = data = pattern_bytes(size)
+    runs = [await nodes.start(origin.url(path), "--node", supernode, "-s", "8M", "--totallimit", "8M",
+                              ip=f"127.0.0.{n}") for n in range(2, 6)]
+    for run in runs:
+        result = await run.wait(90)
+        assert result.code == 0, result.describe()
+        assert file_md5(result.output) == md5_hex(data)
+
+
+async def check_seeded(api_url: str, origin: OriginServer, path: str, size: int) -> float:
+    """At most 2 F from the CDN, the rest of four peers' copies from peers, the origin sent once; the CDN's bytes."""
+    cdn_bytes = await metric(api_url, "dragonfly_supernode_cdn_served_bytes_total")
+    from_peers = await metric(api_url, "dragonfly_supernode_pieces_served_bytes_total", source="peer")
+    assert cdn_bytes <= 2 * size, f"the CDN sent {cdn_bytes / size:.2f} F"
+    assert from_peers >= 4 * size - cdn_bytes - MIB, "the peers served the rest"
+    check_origin_sent_once(origin, path, size)
+    return cdn_bytes
+
+
 async def test_a_rate_limited_cdn_seeds_and_the_peers_carry_the_rest(origin: OriginServer, tmp_path: Path,
                                                                      nodes: DfgetNodes) -> None:
     """``--cdn-rate-limit``: the scheduler treats the CDN as a seed of that capacity, so peers serve most pieces.
@@ -98,20 +119,8 @@ async def test_a_rate_limited_cdn_seeds_and_the_peers_carry_the_rest(origin: Ori
     node = SupernodeProcess(tmp_path / "home", tmp_path, api_port=free_port("127.0.0.1"),
                             cdn_port=free_port("127.0.0.1"), extra_args=["--cdn-rate-limit", "4M"])
     async with running(node):
-        size = 16 * MIB
-        origin.files["/seeded.bin"] = data = pattern_bytes(size)
-        url = origin.url("/seeded.bin")
-        runs = [await nodes.start(url, "--node", f"127.0.0.1:{node.api_port}", "-s", "8M", "--totallimit", "8M",
-                                  ip=f"127.0.0.{n}") for n in range(2, 6)]
-        results = [await run.wait(60) for run in runs]
-        for result in results:
-            assert result.code == 0, result.describe()
-            assert file_md5(result.output) == md5_hex(data)
-        cdn_bytes = await metric(node.api_url, "dragonfly_supernode_cdn_served_bytes_total")
-        from_peers = await metric(node.api_url, "dragonfly_supernode_pieces_served_bytes_total", source="peer")
-        assert cdn_bytes <= 2 * size, f"the CDN sent {cdn_bytes / size:.2f} F"
-        assert from_peers >= 4 * size - cdn_bytes - MIB, "the peers served the rest"
-        check_origin_sent_once(origin, "/seeded.bin", size)
+        await four_peers_fetch(nodes, origin, "/seeded.bin", 16 * MIB, f"127.0.0.1:{node.api_port}")
+        await check_seeded(node.api_url, origin, "/seeded.bin", 16 * MIB)
 
 
 async def test_a_cdn_not_told_its_capacity_measures_it_and_seeds(origin: OriginServer, tmp_path: Path,
@@ -129,20 +138,8 @@ async def test_a_cdn_not_told_its_capacity_measures_it_and_seeds(origin: OriginS
                             extra_args=["--listen-host", "127.0.0.1"])
     async with (running(node), paced_relay("127.0.0.9", api_port, ("127.0.0.1", api_port)),
                 paced_relay("127.0.0.9", cdn_port, ("127.0.0.1", cdn_port), 4 * MIB) as link):
-        size = 32 * MIB
-        origin.files["/measured.bin"] = data = pattern_bytes(size)
-        url = origin.url("/measured.bin")
-        runs = [await nodes.start(url, "--node", f"127.0.0.9:{api_port}", "-s", "8M", "--totallimit", "8M",
-                                  ip=f"127.0.0.{n}") for n in range(2, 6)]
-        results = [await run.wait(90) for run in runs]
-        for result in results:
-            assert result.code == 0, result.describe()
-            assert file_md5(result.output) == md5_hex(data)
+        await four_peers_fetch(nodes, origin, "/measured.bin", 32 * MIB, f"127.0.0.9:{api_port}")
+        cdn_bytes = await check_seeded(node.api_url, origin, "/measured.bin", 32 * MIB)
         capacity = await metric(node.api_url, "dragonfly_supernode_cdn_capacity_bytes")
-        cdn_bytes = await metric(node.api_url, "dragonfly_supernode_cdn_served_bytes_total")
-        from_peers = await metric(node.api_url, "dragonfly_supernode_pieces_served_bytes_total", source="peer")
     assert 0 < capacity <= 1.3 * 4 * MIB, f"measured C = {capacity / MIB:.2f} MiB/s"
     assert link.sent >= cdn_bytes, "every CDN byte crossed the link"
-    assert cdn_bytes <= 2 * size, f"the CDN sent {cdn_bytes / size:.2f} F"
-    assert from_peers >= 4 * size - cdn_bytes - MIB, "the peers served the rest"
-    check_origin_sent_once(origin, "/measured.bin", size)
