@@ -3,8 +3,9 @@
 The supernode never sees bytes move between peers; all it has is when it handed a piece out and when
 the client reported it. Two things make those timings mislead, and this module is where they are
 discounted: pieces that say nothing about throughput (:func:`piece_rate` returns None for them), and
-bursts (:func:`average` averages over time per byte, not over rates). Pure functions: the progress
-state decides whose estimate a sample updates.
+bursts (:func:`average` averages over time per byte, not over rates). The CDN port's own capacity C,
+which shows only when the port saturates, is read from the same timings by :class:`CdnCapacity`. Pure,
+no I/O: the progress state decides whose estimate a sample updates.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ def average(estimate: float, sample: float) -> float:
     return 1 / (1 / estimate + CAPACITY_WEIGHT * (1 / sample - 1 / estimate))
 
 
-
-
 CDN_START = 2
 """CDN pieces out at once while C is told but no flow between peers is measured yet (the first pieces of a
 swarm are the ones everybody waits for, so they go out a few at a time, each at a client's full speed)."""
@@ -77,9 +76,9 @@ class CdnCapacity:
     While C is unknown the CDN probes, as TCP's slow start does: it runs a window of :data:`PROBE_START`
     pieces at once, one more after each piece that ran while at least half the window was in use (a
     window that grew while the CDN ran a few pieces says nothing about many), so the window doubles each
-    round while the port keeps up.
-    The port is saturated once CDN pieces run :data:`SLOW`, on average (over time per byte, as every rate
-    here) and the latest one too: one slow piece on a busy machine is no verdict. Each such piece's rate
+    round while the port keeps up. The port is saturated once CDN pieces run :data:`SLOW`, on average
+    (over time per byte, as every rate here) and the latest one too: one slow piece on a busy machine is
+    no verdict. Each such piece's rate
     times the CDN pieces that ran beside it is a sample of C; from the first, C is measured (their moving
     average) and the CDN is a seed of that capacity, as if told. A window that reaches :data:`PROBE_OPEN`
     first ends the probe: C is large, and a saturation later on still measures it. With ``measure`` off
