@@ -99,6 +99,15 @@ async def _status_becomes(http: aiohttp.ClientSession, node: Supernode, pid: str
     raise AssertionError(f"preheat {pid} never became {wanted}: {info}")
 
 
+async def _running_preheat(http: aiohttp.ClientSession, node: Supernode, gated: GatedOrigin) -> str:
+    """A file preheat whose origin holds back its body, so it stays RUNNING; its ID."""
+    gated.files["/slow.bin"] = pattern_bytes(200_000)
+    _, created = await post_preheat(http, node, {"type": "file", "url": gated.url("/slow.bin")})
+    pid: str = created["ID"]
+    await _status_becomes(http, node, pid, "RUNNING")
+    return pid
+
+
 @pytest.mark.parametrize("prefix", PREFIXES)
 async def test_file_preheat_fills_the_cache_dfget_then_uses(
         prefix: str, node: Supernode, origin: OriginServer, http: aiohttp.ClientSession, tmp_path: Path) -> None:
@@ -187,10 +196,7 @@ async def test_a_failed_preheat_says_why_and_a_repeat_retries(
 async def test_delete_cancels_a_running_preheat(make_node: NodeFactory, gated: GatedOrigin,
                                                http: aiohttp.ClientSession) -> None:
     node = await make_node()
-    gated.files["/slow.bin"] = pattern_bytes(200_000)
-    _, created = await post_preheat(http, node, {"type": "file", "url": gated.url("/slow.bin")})
-    pid = created["ID"]
-    await _status_becomes(http, node, pid, "RUNNING")
+    pid = await _running_preheat(http, node, gated)
     record = node.preheats.records[pid]
     for _ in range(200):  # the CDN has the headers and waits for the rest of the body
         if pid in node.tasks.tasks:
@@ -212,10 +218,7 @@ async def test_a_stopping_node_never_answers_that_its_own_shutdown_failed_a_preh
         make_node: NodeFactory, gated: GatedOrigin, http: aiohttp.ClientSession) -> None:
     """The operator takes FAILED for a real failure and gives up; the preheat must be submitted again instead."""
     node = await make_node()
-    gated.files["/slow.bin"] = pattern_bytes(200_000)
-    _, created = await post_preheat(http, node, {"type": "file", "url": gated.url("/slow.bin")})
-    pid = created["ID"]
-    await _status_becomes(http, node, pid, "RUNNING")
+    pid = await _running_preheat(http, node, gated)
     record = node.preheats.records[pid]
     seen_after_cancel: list[str] = []
 
