@@ -78,11 +78,10 @@ class CdnCapacity:
     window that grew while the CDN ran a few pieces says nothing about many), so the window doubles each
     round while the port keeps up. The port is saturated once CDN pieces run :data:`SLOW`, on average
     (over time per byte, as every rate here) and the latest one too: one slow piece on a busy machine is
-    no verdict. Each such piece's rate
-    times the CDN pieces that ran beside it is a sample of C; from the first, C is measured (their moving
-    average) and the CDN is a seed of that capacity, as if told. A window that reaches :data:`PROBE_OPEN`
-    first ends the probe: C is large, and a saturation later on still measures it. With ``measure`` off
-    and C not told, the port is taken to be unlimited, as Go does.
+    no verdict. Each such piece's rate times the CDN pieces that ran beside it is a sample of C; from the
+    first, C is measured (their moving average) and the CDN is a seed of that capacity, as if told. A
+    window that reaches :data:`PROBE_OPEN` first ends the probe: C is large, and a saturation later on
+    still measures it. With ``measure`` off and C not told, the port is taken to be unlimited, as Go does.
 
     Pure: the progress state feeds it every finished CDN piece; the scheduler reads :attr:`seeds`,
     :attr:`rate`, :attr:`probing` and :attr:`window`.
