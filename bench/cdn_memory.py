@@ -29,7 +29,7 @@ import aiohttp
 from aiohttp import web
 from swarm import answers, free_port
 
-from supernode.units import parse_size
+from dfwire.units import parse_size
 
 PATTERN = bytes(i % 251 for i in range(251 * 4096))
 

@@ -31,7 +31,7 @@ import aiohttp
 from cdn_memory import pattern_origin, start_supernode
 from swarm import free_port
 
-from supernode.units import parse_size
+from dfwire.units import parse_size
 
 _NO_UVLOOP = "import sys; sys.modules['uvloop'] = None; from supernode.cli import main; raise SystemExit(main())"
 

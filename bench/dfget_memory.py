@@ -29,7 +29,7 @@ from pathlib import Path
 from cdn_memory import _origin, _rss_kib, start_supernode, stop_supernode
 from swarm import free_port
 
-from supernode.units import parse_size
+from dfwire.units import parse_size
 
 
 async def _dfget(url: str, out: Path, ip: str, home: Path, api: int) -> dict[str, object]:

@@ -30,7 +30,7 @@ from aiohttp import web
 from cdn_memory import _rss_kib, pattern_chunks, start_supernode, stop_supernode, write_pattern
 from swarm import answers, free_port
 
-from supernode.units import parse_size
+from dfwire.units import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 

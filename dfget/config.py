@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from supernode.units import parse_duration, parse_size
+from dfwire.units import parse_duration, parse_size
 
 from .constants import DEFAULT_HOME
 from .locator import Node, parse_nodes

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from supernode.ids import convert_headers, filter_url_param, task_id
+from dfwire.ids import convert_headers, filter_url_param, task_id
 
 from .backsource import download_from_source
 from .config import DownloadConfig

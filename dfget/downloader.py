@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from supernode import pieces
+from dfwire import pieces
 
 from .errors import DfgetError, P2PError, RegisterError
 from .locator import Node

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from supernode import pieces
+from dfwire import pieces
 
 from .progress import Progress
 from .protocol import FILE_MD5_NOT_MATCH, FILE_NOT_EXIST, USER_AGENT

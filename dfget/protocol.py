@@ -14,7 +14,7 @@ from enum import IntEnum
 from pathlib import Path
 from urllib.parse import quote
 
-from supernode.ids import SUPER_CID_PREFIX
+from dfwire.ids import SUPER_CID_PREFIX
 
 from .constants import PROTOCOL_VERSION as PROTOCOL_VERSION
 

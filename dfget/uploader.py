@@ -31,7 +31,7 @@ from typing import BinaryIO
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from supernode import pieces
+from dfwire import pieces
 
 from .config import ServerConfig
 from .locator import parse_node

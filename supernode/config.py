@@ -15,8 +15,9 @@ import yaml
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from dfwire.units import parse_duration, parse_size
+
 from .security import SourceAllowList
-from .units import parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/dragonfly/supernode.yml")
 

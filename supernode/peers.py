@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from dfwire.ids import peer_id as make_peer_id
+
 from .errors import invalid, not_found
-from .ids import peer_id as make_peer_id
 from .models import PeerInfo, SortDirection
 
 SORT_KEYS = {"id": "ID", "ip": "IP", "created": "created", "hostname": "hostName", "port": "port",

@@ -19,9 +19,10 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, field_serializer, model_validator
 
-from .ids import header_problem, source_url_problem
+from dfwire.ids import header_problem, source_url_problem
+from dfwire.registry import Platform, RegistryError, parse_manifest_url
+
 from .models import WireModel
-from .registry import Platform, RegistryError, parse_manifest_url
 
 
 class PreheatType(enum.StrEnum):

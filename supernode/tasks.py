@@ -11,10 +11,11 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from dfwire.ids import is_blank
+from dfwire.pieces import DEFAULT_PIECE_SIZE, piece_count, piece_total_at_register
+
 from .cdn.source import TlsOptions
-from .ids import is_blank
 from .models import CdnStatus, TaskInfo
-from .pieces import DEFAULT_PIECE_SIZE, piece_count, piece_total_at_register
 
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 

@@ -49,8 +49,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from supernode import pieces
-from supernode.ids import SUPER_CID_PREFIX
+from dfwire import pieces
+from dfwire.ids import SUPER_CID_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

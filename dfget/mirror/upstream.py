@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 
-from supernode.registry import RegistryError, parse_challenges, parse_token_answer, token_request_url
+from dfwire.registry import RegistryError, parse_challenges, parse_token_answer, token_request_url
 
 from .config import Registry
 

@@ -20,8 +20,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_fileresponse import NOSENDFILE
 
+from dfwire.ids import is_task_id
+
 from ..api.middleware import errors
-from ..ids import is_task_id
 from ..metrics import Metrics
 from .egress import EgressLimiter
 from .store import CacheStore

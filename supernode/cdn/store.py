@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..ids import is_task_id
-from ..pieces import md5_file_text, parse_md5_file
+from dfwire.ids import is_task_id
+from dfwire.pieces import md5_file_text, parse_md5_file
 
 
 class CacheMeta(BaseModel):

@@ -37,13 +37,14 @@ from typing import TypeVar
 
 import aiohttp
 
+from dfwire.pieces import HEAD_SIZE, TAIL_BYTE, WRAP_SIZE, data_size, piece_head, piece_md5_text, piece_size_for
+
 from ..cdn.source import SourceClient
 from ..cdn.store import CacheMeta, CacheStore
 from ..changes import TaskChanges
 from ..errors import DfCode, DfError, SourceNotFound
 from ..metrics import Metrics
 from ..models import CdnStatus
-from ..pieces import HEAD_SIZE, TAIL_BYTE, WRAP_SIZE, data_size, piece_head, piece_md5_text, piece_size_for
 from ..progress import ProgressState
 from ..ratelimit import TokenBucket
 from ..security import SourceNotAllowed

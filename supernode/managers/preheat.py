@@ -41,16 +41,9 @@ from types import TracebackType
 
 import aiohttp
 
-from ..cdn.source import TlsOptions
-from ..cdn.store import CacheStore
-from ..config import Settings
-from ..errors import DfCode, DfError, not_found
-from ..ids import filter_url_param, preheat_id, split_filter, task_id
-from ..metrics import Metrics
-from ..models import CdnStatus
-from ..pieces import unwrap
-from ..preheat_models import PreheatCreateRequest, PreheatInfo, PreheatStatus, PreheatType
-from ..registry import (
+from dfwire.ids import filter_url_param, preheat_id, split_filter, task_id
+from dfwire.pieces import unwrap
+from dfwire.registry import (
     MANIFEST_ACCEPT,
     Challenge,
     Descriptor,
@@ -69,6 +62,14 @@ from ..registry import (
     select_manifests,
     token_request_url,
 )
+
+from ..cdn.source import TlsOptions
+from ..cdn.store import CacheStore
+from ..config import Settings
+from ..errors import DfCode, DfError, not_found
+from ..metrics import Metrics
+from ..models import CdnStatus
+from ..preheat_models import PreheatCreateRequest, PreheatInfo, PreheatStatus, PreheatType
 from ..security import AllowListConnector, SourceAllowList
 from ..tasks import Task, TaskSpec
 from .task import TaskManager

@@ -14,10 +14,11 @@ import logging
 import os
 import time
 
+from dfwire.ids import is_super_cid
+from dfwire.pieces import parse_range
+
 from ..errors import DfError
-from ..ids import is_super_cid
 from ..models import PieceErrorRequest, PieceErrorType
-from ..pieces import parse_range
 from .task import TaskManager
 
 log = logging.getLogger(__name__)

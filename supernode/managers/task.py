@@ -14,11 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from ..cdn.source import TlsOptions
-from ..changes import TaskChanges
-from ..config import Settings
-from ..errors import DfCode, DfError, SourceNotFound, invalid, not_found
-from ..ids import (
+from dfwire.ids import (
     SUPER_CID_PREFIX,
     cdn_http_path,
     convert_headers,
@@ -30,6 +26,12 @@ from ..ids import (
     super_cid,
     task_id,
 )
+from dfwire.pieces import parse_range, piece_count, piece_range
+
+from ..cdn.source import TlsOptions
+from ..changes import TaskChanges
+from ..config import Settings
+from ..errors import DfCode, DfError, SourceNotFound, invalid, not_found
 from ..metrics import Metrics
 from ..models import (
     CdnStatus,
@@ -44,7 +46,6 @@ from ..models import (
     TaskCreateResponse,
 )
 from ..peers import Peer, PeerRegistry
-from ..pieces import parse_range, piece_count, piece_range
 from ..progress import PieceStatus, ProgressState
 from ..scheduler import Assignment, schedule
 from ..tasks import Client, ClientStatus, Task, TaskSpec

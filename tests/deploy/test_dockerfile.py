@@ -25,7 +25,7 @@ PYPROJECT = ROOT / "pyproject.toml"
 #: Extras installed into the image (when pyproject.toml defines them).
 IMAGE_EXTRAS = ("perf", "operator")
 #: Our packages: their directory, and the console script the chart runs from each.
-PACKAGES = {"supernode": ROOT / "supernode", "dfget": ROOT / "dfget"}
+PACKAGES = {"dfwire": ROOT / "dfwire", "supernode": ROOT / "supernode", "dfget": ROOT / "dfget"}
 CHART_COMMANDS = ("supernode", "dfget", "dragonfly-operator")
 
 
@@ -222,10 +222,10 @@ def _third_party_imports(directory: Path, own: set[str]) -> set[str]:
 
 
 def test_lock_provides_every_third_party_import_of_our_packages() -> None:
-    """What supernode/, dfget/ and the operator import must be installed in the image."""
+    """What dfwire/, supernode/, dfget/ and the operator import must be installed in the image."""
     directories = [*PACKAGES.values()]
     operator = ROOT / "operator"
-    own = {"supernode", "dfget"}
+    own = set(PACKAGES)
     if operator.is_dir():
         directories.append(operator)
         own |= {p.name for p in operator.iterdir() if (p / "__init__.py").is_file()}

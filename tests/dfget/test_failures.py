@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dfget.errors import ExitCode
 from dfget.locator import Locator, Node
-from supernode import ids, pieces
+from dfwire import ids, pieces
 from tests.v1proto import OriginServer, SupernodeProcess, free_port, pattern_bytes
 
 from .conftest import DfgetNodes, file_md5, md5_hex, metric, uploader_pid

@@ -18,7 +18,7 @@ from dfget.protocol import raw_query, task_file_name
 from dfget.ratelimit import TokenBucket
 from dfget.supernode_api import metrics_body, register_body
 from dfget.uploader import RangeNotSatisfiable, amend_range, parse_upload_params, valid_task_name
-from supernode import pieces
+from dfwire import pieces
 from tests.spec import spec_path
 
 MIB = 1024 * 1024

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from dfget.config import ServerConfig
 from dfget.uploader import Uploader
-from supernode import pieces
+from dfwire import pieces
 
 MIB = 1024 * 1024
 PIECE = 4 * MIB

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supernode import pieces
+from dfwire import pieces
 from supernode.cdn.egress import chunk_size_for
 from tests.v1proto import (
     OriginServer,

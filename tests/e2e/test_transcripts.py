@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from supernode import ids, pieces
+from dfwire import ids, pieces
 from tests.spec import SPEC_DIR
 from tests.v1proto import (
     CODE_PEER_CONTINUE,

@@ -12,7 +12,7 @@ import hashlib
 
 import pytest
 
-from supernode import ids, pieces
+from dfwire import ids, pieces
 from tests.v1proto import (
     CODE_PEER_CONTINUE,
     CODE_PEER_FINISH,

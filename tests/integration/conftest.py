@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from supernode import pieces
+from dfwire import pieces
 from supernode.config import Settings
 from supernode.node import Supernode
 from tests.v1proto import free_port

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from supernode import ids, pieces
+from dfwire import ids, pieces
 
 from .conftest import (
     MIB,

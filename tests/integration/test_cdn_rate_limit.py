@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from supernode import pieces
+from dfwire import pieces
 from supernode.cdn.server import build_download_app
 from supernode.metrics import Metrics
 from tests.unit.test_metrics import sample_value

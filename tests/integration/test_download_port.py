@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import aiohttp
 import pytest
 
-from supernode import pieces
+from dfwire import pieces
 
 from .conftest import MIB, PER_PIECE, PIECE_SIZE, Api, Node, NodeFactory, Origin, Peer, pattern_bytes, wrapped_file
 

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from dfwire.pieces import unwrap
 from supernode.node import Supernode
-from supernode.pieces import unwrap
 
 FINISHED = {"SUCCESS", "FAILED"}
 

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from supernode.ids import task_id
+from dfwire.ids import task_id
 from supernode.models import CdnStatus
 from supernode.node import Supernode
 from tests.preheat.conftest import NodeFactory

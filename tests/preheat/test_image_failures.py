@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 
-from supernode.ids import preheat_id
+from dfwire.ids import preheat_id
 from supernode.node import Supernode
 from tests.preheat.conftest import NodeFactory, RegistryFactory
 from tests.preheat.helpers import cache_files, cached_raw, get_preheat, not_complete, preheat, sha256

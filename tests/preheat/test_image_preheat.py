@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from supernode.ids import preheat_id
+from dfwire.ids import preheat_id
 from supernode.node import Supernode
 from tests.preheat.conftest import PASSWORD, USER, NodeFactory, Registry, RegistryFactory
 from tests.preheat.helpers import (

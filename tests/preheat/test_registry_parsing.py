@@ -1,4 +1,4 @@
-"""The pure half of image preheat (``supernode.registry``): URLs, challenges, manifests, platforms."""
+"""The pure half of image preheat (``dfwire.registry``): URLs, challenges, manifests, platforms."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from supernode.registry import (
+from dfwire.registry import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,

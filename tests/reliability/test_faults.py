@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from supernode import ids, pieces
+from dfwire import ids, pieces
 from tests.integration.conftest import PER_PIECE, PIECE_SIZE, md5_hex, pattern_bytes
 from tests.v1proto import (
     CODE_PEER_CONTINUE,

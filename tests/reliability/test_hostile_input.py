@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from supernode import pieces
+from dfwire import pieces
 from tests.integration.conftest import PIECE_SIZE, Api, Node, md5_hex, pattern_bytes
 
 from .conftest import NodeFactory, OriginFactory

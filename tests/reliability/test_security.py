@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from supernode import ids
+from dfwire import ids
 from supernode.config import Settings
 from supernode.errors import DfCode, DfError
 from supernode.security import ApiToken, SourceAllowList, TokenError

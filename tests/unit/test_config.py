@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from dfwire.units import parse_duration, parse_size
 from supernode.config import ConfigFileError, load_settings
-from supernode.units import parse_duration, parse_size
 
 
 @pytest.fixture(autouse=True)

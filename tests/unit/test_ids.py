@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from supernode.ids import (
+from dfwire.ids import (
     TASK_ID_KEY,
     cdn_http_path,
     convert_headers,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supernode.pieces import (
+from dfwire.pieces import (
     MIB,
     data_size,
     md5_file_text,

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from supernode import pieces
-from supernode.ids import super_cid
+from dfwire import pieces
+from dfwire.ids import super_cid
 from tests.v1proto import (
     RESULT_FAIL,
     Answer,
