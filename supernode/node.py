@@ -19,7 +19,7 @@ from . import __version__
 from .api.middleware import bearer_auth, errors, http_metrics
 from .api.openapi import build_openapi
 from .api.routes import add_routes
-from .api.wire import NODE
+from .api.services import SERVICES
 from .cdn.server import build_download_app
 from .cdn.source import SourceClient
 from .cdn.store import CacheStore
@@ -34,7 +34,7 @@ from .metrics import PREHEAT_STATUSES, PREHEAT_TYPES, Metrics
 from .models import CdnStatus, TaskMetricsRequest
 from .peers import PeerRegistry
 from .progress import Limits, ProgressState
-from .security import ApiToken, server_ssl_context
+from .security import ApiToken, SourceAllowList, server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,13 @@ class Supernode:
 
     def api_app(self) -> web.Application:
         app = web.Application(middlewares=[http_metrics, errors, bearer_auth], client_max_size=1024 * 1024)
-        app[NODE] = self
+        app[SERVICES] = self
         add_routes(app)
         return app
+
+    @property
+    def source_allow(self) -> SourceAllowList:
+        return self.source.allow
 
     def render_metrics(self) -> tuple[bytes, str]:
         """Gauges that mirror live state are refreshed at scrape time rather than on every change."""

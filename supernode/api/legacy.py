@@ -24,7 +24,8 @@ from ..models import (
     RegisterRequest,
     TaskMetricsRequest,
 )
-from .wire import NODE, ApiError, json_response, parse_model, raw_query, read_json, rest_error
+from .services import SERVICES
+from .wire import ApiError, json_response, parse_model, raw_query, read_json, rest_error
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 
@@ -61,7 +62,7 @@ async def _register_body(request: web.Request) -> RegisterRequest:
 
 
 async def register(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     req = await _register_body(request)
     try:
         answer = await node.tasks.register(req)
@@ -73,7 +74,7 @@ async def register(request: web.Request) -> web.Response:
 
 
 async def pull_piece_task(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     q = raw_query(request)
     status_text, result_text = q.get("status", ""), q.get("result", "")
     try:
@@ -91,7 +92,7 @@ async def pull_piece_task(request: web.Request) -> web.Response:
 
 
 async def piece_success(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     q = raw_query(request)
     try:
         node.tasks.report_success(q.get("taskId", ""), q.get("cid", ""), q.get("dstCid", ""),
@@ -102,7 +103,7 @@ async def piece_success(request: web.Request) -> web.Response:
 
 
 async def piece_error(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     q = raw_query(request)
     req = PieceErrorRequest(taskId=q.get("taskId", ""), range=q.get("range", ""), srcCid=q.get("srcCid", ""),
                             dstPid=q.get("dstCid", ""), dstIP=q.get("dstIp", ""), realMd5=q.get("realMd5", ""),
@@ -112,7 +113,7 @@ async def piece_error(request: web.Request) -> web.Response:
 
 
 async def service_down(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     q = raw_query(request)
     try:
         node.tasks.service_down(q.get("taskId", ""), q.get("cid", ""))
@@ -132,7 +133,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def task_metrics(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     req = parse_model(TaskMetricsRequest, await read_json(request))
     node.report_download(req)
     return json_response(None)

@@ -8,7 +8,8 @@ import time
 from aiohttp import web
 
 from .routes import Handler, handler_label, route_of
-from .wire import NODE, ApiError, error_response, json_response
+from .services import SERVICES
+from .wire import ApiError, error_response, json_response
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     an unknown path or method is judged by its method, so probing for write routes needs the token too.
     The comparison is constant-time and the answer never says how close a wrong token was.
     """
-    token = request.app[NODE].api_token
+    token = request.app[SERVICES].api_token
     if not token.enabled:
         return await handler(request)
     route = route_of(request)
@@ -69,7 +70,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def http_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[NODE].metrics
+    metrics = request.app[SERVICES].metrics
     label = _label(request)
     started = time.perf_counter()
     response = await handler(request)

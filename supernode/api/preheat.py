@@ -20,18 +20,19 @@ from aiohttp import web
 from ..errors import DfError
 from ..managers.preheat import Outcome
 from ..preheat_models import PreheatCreateRequest, PreheatCreateResponse
-from .wire import NODE, body_model, json_response, rest_error
+from .services import SERVICES
+from .wire import body_model, json_response, rest_error
 
 _STATUS = {Outcome.CREATED: 201, Outcome.RUNNING: 200}
 
 
 async def create_preheat(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     req = await body_model(request, PreheatCreateRequest)
     try:
         # Checked here as well as by the CDN's connector: a refused preheat answers 403 at once instead of
         # becoming a FAILED record (and an image's manifest is fetched by the registry client, not the CDN).
-        node.source.allow.check(req.url)
+        node.source_allow.check(req.url)
         record, outcome = await node.preheats.create(req)
     except DfError as exc:
         raise rest_error(exc) from None
@@ -42,12 +43,12 @@ async def create_preheat(request: web.Request) -> web.Response:
 
 
 async def list_preheats(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     return json_response([record.info().wire() for record in node.preheats.list()])
 
 
 async def get_preheat(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     try:
         return json_response(node.preheats.get(request.match_info["id"]).info().wire())
     except DfError as exc:
@@ -55,7 +56,7 @@ async def get_preheat(request: web.Request) -> web.Response:
 
 
 async def delete_preheat(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     try:
         await node.preheats.delete(request.match_info["id"])
     except DfError as exc:

@@ -18,7 +18,8 @@ from ..models import (
     TaskCreateRequest,
     TaskUpdateRequest,
 )
-from .wire import NODE, ApiError, body_model, json_response, query_bool, query_int, raw_query, rest_error
+from .services import SERVICES
+from .wire import ApiError, body_model, json_response, query_bool, query_int, raw_query, rest_error
 
 
 def _sort_keys(request: web.Request) -> list[str]:
@@ -29,7 +30,7 @@ def _sort_keys(request: web.Request) -> list[str]:
 
 
 async def create_peer(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     req = await body_model(request, PeerCreateRequest)
     try:
         peer = node.peers.register(ip=req.ip, host_name=req.host_name, port=req.port, version=req.version)
@@ -40,7 +41,7 @@ async def create_peer(request: web.Request) -> web.Response:
 
 
 async def list_peers(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     q = raw_query(request)
     direction_text = q.get("sortDirect", "ASC").upper() or "ASC"
     if direction_text not in SortDirection.__members__:
@@ -54,7 +55,7 @@ async def list_peers(request: web.Request) -> web.Response:
 
 
 async def get_peer(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     try:
         return json_response(node.peers.get(request.match_info["id"]).info().wire(omit_empty=True))
     except DfError as exc:
@@ -62,7 +63,7 @@ async def get_peer(request: web.Request) -> web.Response:
 
 
 async def delete_peer(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     try:
         node.tasks.remove_peer(request.match_info["id"])
     except DfError as exc:
@@ -71,7 +72,7 @@ async def delete_peer(request: web.Request) -> web.Response:
 
 
 async def create_task(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     req = await body_model(request, TaskCreateRequest)
     try:
         answer = await node.tasks.create(req)
@@ -81,12 +82,12 @@ async def create_task(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     return json_response([t.info().wire(omit_empty=True) for t in node.tasks.tasks.values()])
 
 
 async def get_task(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     try:
         return json_response(node.tasks.get(request.match_info["id"]).info().wire(omit_empty=True))
     except DfError as exc:
@@ -94,7 +95,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def update_task(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     req = await body_model(request, TaskUpdateRequest)
     try:
         node.tasks.finish(request.match_info["id"], req.peer_id)
@@ -104,7 +105,7 @@ async def update_task(request: web.Request) -> web.Response:
 
 
 async def delete_task(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     full = query_bool(raw_query(request), "full")
     try:
         await node.tasks.delete(request.match_info["id"], full=full)
@@ -114,7 +115,7 @@ async def delete_task(request: web.Request) -> web.Response:
 
 
 async def pull_pieces(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     q = raw_query(request)
     client_id = q.get("clientID", "")
     if not client_id:
@@ -131,7 +132,7 @@ async def pull_pieces(request: web.Request) -> web.Response:
 
 
 async def update_piece(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    node = request.app[SERVICES]
     req = await body_model(request, PieceUpdateRequest)
     try:
         node.tasks.update_piece(request.match_info["id"], request.match_info["pieceRange"],

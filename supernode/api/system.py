@@ -8,7 +8,8 @@ from aiohttp import web
 
 from .. import __version__
 from ..models import VersionInfo
-from .wire import NODE, json_response
+from .services import SERVICES
+from .wire import json_response
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -26,11 +27,11 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[NODE].render_metrics()
+    body, content_type = request.app[SERVICES].render_metrics()
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(request.app[NODE].openapi)
+    return json_response(request.app[SERVICES].openapi)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import orjson
@@ -146,9 +146,3 @@ def query_bool(query: dict[str, str], name: str) -> bool:
     if text in ("1", "true"):
         return True
     raise ApiError(400, f"{name} must be true or false, got {text!r}")
-
-
-if TYPE_CHECKING:
-    from ..node import Supernode
-
-NODE: web.AppKey[Supernode] = web.AppKey("node")

@@ -48,3 +48,19 @@ def test_the_wheel_ships_every_package_its_packages_import() -> None:
     assert shipped == OURS
     mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
     assert set(mypy["packages"]) == OURS, "mypy checks every package the wheel ships"
+
+
+def test_the_handlers_never_import_the_composition_root() -> None:
+    """``node.py`` builds ``api/``'s routes; ``api/`` reaching back for ``Supernode`` would be a cycle."""
+    for path in sorted((ROOT / "supernode" / "api").rglob("*.py")):
+        package = ".".join(path.relative_to(ROOT).parent.parts)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
+                module = ".".join(filter(None, (base, node.module)))
+                targets = {module, *(f"{module}.{alias.name}" for alias in node.names)}
+            else:
+                continue
+            assert "supernode.node" not in targets, f"{path.relative_to(ROOT)} imports supernode.node"
