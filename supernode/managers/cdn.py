@@ -6,6 +6,10 @@ and the body of that same response is streamed into pieces. The origin therefore
 bytes once, and callers serialise :meth:`CdnManager.prepare` per task so that concurrent registrants
 never trigger a second fetch.
 
+This module sequences the work; what an origin answer or a ``.meta`` allows is decided in
+:mod:`supernode.cdn.validators`, the data file's pieces are written and checked by :mod:`supernode.cdn.datafile`,
+and :mod:`supernode.cdn.store` keeps the files.
+
 Invariants:
 - a piece is announced to the scheduler (``cdn_piece_done``) only after its wrapped bytes are written
   and its MD5 is recorded, so a peer may fetch it at once;
@@ -17,8 +21,8 @@ Invariants:
   ``Content-Range`` or validators do not match the interrupted download is thrown away;
 - the bytes stream through: a download holds a few pieces' worth of memory at most, and a cache check
   reads one piece at a time, whatever the file size;
-- a blocking write in a worker thread is always waited for, even when the download is cancelled, so
-  its file descriptor is never closed (and reused) under it.
+- a blocking write in a worker thread is always waited for (``finish_in_thread``), even when the download
+  is cancelled, so its file descriptor is never closed (and reused) under it.
 """
 
 from __future__ import annotations
@@ -29,18 +33,25 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime, parsedate_to_datetime
-from typing import TypeVar
 
 import aiohttp
 
-from dfwire.pieces import HEAD_SIZE, TAIL_BYTE, WRAP_SIZE, data_size, piece_head, piece_md5_text, piece_size_for
+from dfwire.pieces import HEAD_SIZE, data_size, piece_size_for
 
+from ..cdn.datafile import Partial, finish_in_thread, open_data, scan_partial, seal_piece, verify_cache
 from ..cdn.source import SourceClient
 from ..cdn.store import CacheMeta, CacheStore
+from ..cdn.validators import (
+    can_resume,
+    content_length,
+    continues,
+    has_header,
+    http_date,
+    http_date_ms,
+    if_range,
+    meta_matches,
+    unchanged,
+)
 from ..changes import TaskChanges
 from ..errors import DfCode, DfError, SourceNotFound
 from ..metrics import Metrics
@@ -53,7 +64,6 @@ from ..tasks import Task
 log = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
-_T = TypeVar("_T")
 
 
 class _Fail(Exception):
@@ -65,82 +75,8 @@ class _Fail(Exception):
         self.resumable = resumable
 
 
-@dataclass
-class _Partial:
-    """What an interrupted download left on disk: complete pieces and their hashes."""
-
-    pieces: int = 0
-    piece_md5s: list[str] = field(default_factory=list)
-    raw_md5: hashlib._Hash = field(default_factory=hashlib.md5)
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _http_date_ms(value: str | None) -> int:
-    if not value:
-        return 0
-    try:
-        return int(parsedate_to_datetime(value).timestamp() * 1000)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _http_date(ms: int) -> str:
-    return format_datetime(datetime.fromtimestamp(ms / 1000, UTC), usegmt=True)
-
-
-def _content_length(resp: aiohttp.ClientResponse) -> int:
-    value = resp.headers.get("Content-Length", "")
-    return int(value) if value.isdigit() else -1
-
-
-def _content_range_total(resp: aiohttp.ClientResponse) -> tuple[int, int]:
-    """``(start, total)`` of a ``Content-Range: bytes a-b/total`` header, -1 where absent."""
-    value = resp.headers.get("Content-Range", "")
-    try:
-        unit_range, _, total = value.partition("/")
-        start = int(unit_range.split()[1].split("-")[0])
-        return start, int(total) if total.isdigit() else -1
-    except (IndexError, ValueError):
-        return -1, -1
-
-
-def _has_header(headers: dict[str, str], name: str) -> bool:
-    return any(k.lower() == name.lower() for k in headers)
-
-
-def _if_range(meta: CacheMeta) -> str:
-    """The ``If-Range`` validator for resuming ``meta``'s download ("" when there is none usable).
-
-    ``If-Range`` needs a strong comparison, so a weak ETag cannot be used; the date is the fallback.
-    """
-    if meta.etag and not meta.etag.startswith("W/"):
-        return meta.etag
-    return _http_date(meta.last_modified) if meta.last_modified else ""
-
-
-async def _finish_in_thread(fn: Callable[..., _T], *args: object,
-                            abandon: Callable[[_T], None] | None = None) -> _T:
-    """Run blocking ``fn`` in a worker thread and wait for it to finish even if we are cancelled.
-
-    A thread cannot be interrupted; returning early would let the caller close a file descriptor
-    the thread is still writing to. On cancellation the result is handed to ``abandon`` (e.g. to
-    close a descriptor that was just opened) and ``CancelledError`` is raised once the thread is done.
-    """
-    job = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    cancelled = False
-    while not job.done():
-        try:
-            await asyncio.wait({job})
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        if abandon is not None and job.exception() is None:
-            abandon(job.result())
-        raise asyncio.CancelledError
-    return job.result()
 
 
 class CdnManager:
@@ -182,19 +118,19 @@ class CdnManager:
         """
         spec = task.spec
         meta = await asyncio.to_thread(self.store.read_meta, spec.task_id)
-        if meta is not None and not self._meta_matches(meta, task):
+        if meta is not None and not meta_matches(meta, spec):
             meta = None
         cached: list[str] | None = None
         if meta is not None and meta.finish and meta.success and (meta.etag or meta.last_modified):
-            cached = await asyncio.to_thread(self._verify_cache, spec.task_id, meta)
+            cached = await asyncio.to_thread(verify_cache, self.store, spec.task_id, meta)
             if cached is None:
                 self.metrics.cdn_cache_verify_failed_total.inc()
                 log.warning("cache of task %s failed verification, fetching again", task.id)
                 await asyncio.to_thread(self.store.delete, task.id)
                 meta = None
-        partial: _Partial | None = None
-        if meta is not None and cached is None and self._resumable(meta, task):
-            partial = await asyncio.to_thread(self._scan_partial, spec.task_id, meta)
+        partial: Partial | None = None
+        if meta is not None and cached is None and can_resume(meta, spec.headers):
+            partial = await asyncio.to_thread(scan_partial, self.store, spec.task_id, meta)
             if not partial.pieces:
                 partial = None
         headers = dict(spec.headers)
@@ -202,18 +138,18 @@ class CdnManager:
             if meta.etag:
                 headers["If-None-Match"] = meta.etag
             if meta.last_modified:
-                headers["If-Modified-Since"] = _http_date(meta.last_modified)
+                headers["If-Modified-Since"] = http_date(meta.last_modified)
         elif partial is not None and meta is not None:
             headers["Range"] = f"bytes={partial.pieces * data_size(meta.piece_size)}-"
-            headers["If-Range"] = _if_range(meta)
+            headers["If-Range"] = if_range(meta)
         resp = await self._open(task, headers)
         try:
-            if cached is not None and meta is not None and self._unchanged(resp, meta):
+            if cached is not None and meta is not None and unchanged(resp.status, resp.headers, meta):
                 resp.release()
                 await self._serve_from_cache(task, meta, cached)
                 return
             if partial is not None and meta is not None and resp.status != 200:
-                if resp.status == 206 and self._continues(resp, meta, partial):
+                if resp.status == 206 and continues(resp.headers, meta, partial.pieces * data_size(meta.piece_size)):
                     self._start(task, resp, meta.http_file_len, meta.piece_size, partial, meta)
                     return
                 if resp.status in (206, 416):
@@ -222,57 +158,16 @@ class CdnManager:
                     resp.release()
                     resp = await self._open(task, dict(spec.headers))
             if resp.status in (200, 206):
-                if resp.status == 206 and not _has_header(spec.headers, "Range"):
+                if resp.status == 206 and not has_header(spec.headers, "Range"):
                     raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {spec.raw_url}",
                                   "source answered 206 to a request without Range")
-                length = _content_length(resp)
+                length = content_length(resp.headers)
                 self._start(task, resp, length, piece_size_for(length), None, None)
                 return
             raise self._refusal(task, resp.status)
         except BaseException:
             resp.release()
             raise
-
-    @staticmethod
-    def _resumable(meta: CacheMeta, task: Task) -> bool:
-        """An unfinished download of known length whose origin gave a validator usable in ``If-Range``."""
-        return (not meta.finish and meta.http_file_len > 0 and bool(_if_range(meta))
-                and not _has_header(task.spec.headers, "Range"))
-
-    @staticmethod
-    def _continues(resp: aiohttp.ClientResponse, meta: CacheMeta, partial: _Partial) -> bool:
-        """A 206 that is exactly the rest of the interrupted download, of the same content."""
-        start, total = _content_range_total(resp)
-        if start != partial.pieces * data_size(meta.piece_size) or total != meta.http_file_len:
-            return False
-        etag = resp.headers.get("ETag")
-        if etag is not None and meta.etag and etag != meta.etag:
-            return False
-        modified = resp.headers.get("Last-Modified")
-        return modified is None or not meta.last_modified or _http_date_ms(modified) == meta.last_modified
-
-    def _meta_matches(self, meta: CacheMeta, task: Task) -> bool:
-        spec = task.spec
-        if meta.task_id != spec.task_id or meta.url != spec.task_url:
-            return False
-        if spec.md5.strip():
-            return meta.md5 == spec.md5
-        return meta.biz_id == spec.identifier
-
-    def _unchanged(self, resp: aiohttp.ClientResponse, meta: CacheMeta) -> bool:
-        """304, or a 200 that carries the very validators we stored (an origin ignoring conditionals)."""
-        if resp.status == 304:
-            return True
-        if resp.status != 200:
-            return False
-        length = _content_length(resp)
-        if length >= 0 and length != meta.http_file_len:
-            return False
-        etag = resp.headers.get("ETag", "")
-        modified = _http_date_ms(resp.headers.get("Last-Modified"))
-        same_etag = bool(meta.etag) and etag == meta.etag
-        same_date = bool(meta.last_modified) and modified == meta.last_modified
-        return (same_etag or not meta.etag) and (same_date or not meta.last_modified) and (same_etag or same_date)
 
     async def _open(self, task: Task, headers: dict[str, str]) -> aiohttp.ClientResponse:
         url = task.spec.raw_url
@@ -314,72 +209,8 @@ class CdnManager:
         await asyncio.to_thread(self.store.write_meta, meta)
         self.metrics.cdn_cache_hit_total.inc()
 
-    def _verify_cache(self, task_id: str, meta: CacheMeta) -> list[str] | None:
-        sealed = self.store.read_md5s(task_id)
-        if sealed is None or sealed[1] != meta.real_md5:
-            return None
-        piece_md5s, real_md5 = sealed
-        if self.store.data_size(task_id) != meta.file_length:
-            return None
-        raw = hashlib.md5()
-        try:
-            fd = os.open(self.store.data_path(task_id), os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            for n, expected in enumerate(piece_md5s):
-                length_text = expected.rpartition(":")[2]
-                if not length_text.isdigit() or not 0 < int(length_text) <= meta.piece_size:
-                    return None
-                block = os.pread(fd, int(length_text), n * meta.piece_size)
-                if piece_md5_text(hashlib.md5(block).hexdigest(), len(block)) != expected:
-                    return None
-                raw.update(block[HEAD_SIZE:-1])
-        finally:
-            os.close(fd)
-        return piece_md5s if raw.hexdigest() == real_md5 else None
-
-    def _scan_partial(self, task_id: str, meta: CacheMeta) -> _Partial:
-        """Complete, well-framed pieces at the start of an interrupted download.
-
-        At least one byte is always left to fetch, so the ranged request can never be unsatisfiable
-        (all full pieces of a file whose length is a multiple of the piece data size may be on disk).
-        """
-        partial = _Partial()
-        piece_size = meta.piece_size
-        per = data_size(piece_size)
-        head = piece_head(per, piece_size)
-        limit = (meta.http_file_len - 1) // per
-        try:
-            fd = os.open(self.store.data_path(task_id), os.O_RDONLY)
-        except OSError:
-            return partial
-        try:
-            while partial.pieces < limit:
-                block = os.pread(fd, piece_size, partial.pieces * piece_size)
-                if len(block) != piece_size or block[:HEAD_SIZE] != head or block[-1] != TAIL_BYTE:
-                    return partial
-                partial.piece_md5s.append(piece_md5_text(hashlib.md5(block).hexdigest(), piece_size))
-                partial.raw_md5.update(block[HEAD_SIZE:-1])
-                partial.pieces += 1
-            return partial
-        finally:
-            os.close(fd)
-
-    def _open_data(self, task_id: str, partial: _Partial | None, piece_size: int) -> int:
-        """The data file to write: fresh, or the interrupted one cut back to its complete pieces."""
-        if partial is None:
-            return self.store.open_fresh(task_id)
-        fd = self.store.open_existing(task_id)
-        try:
-            os.ftruncate(fd, partial.pieces * piece_size)
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
-
     def _start(self, task: Task, resp: aiohttp.ClientResponse, length: int, piece_size: int,
-               partial: _Partial | None, meta: CacheMeta | None) -> None:
+               partial: Partial | None, meta: CacheMeta | None) -> None:
         task.http_file_length = length
         task.piece_size = piece_size
         task.cdn_status = CdnStatus.RUNNING
@@ -393,7 +224,7 @@ class CdnManager:
             task_id=task.id, url=task.spec.task_url, piece_size=piece_size, http_file_len=length,
             biz_id=task.spec.identifier, access_time=now,
             interval=(now - meta.access_time) if meta and meta.access_time else 0, md5=task.spec.md5,
-            last_modified=meta.last_modified if partial and meta else _http_date_ms(resp.headers.get("Last-Modified")),
+            last_modified=meta.last_modified if partial and meta else http_date_ms(resp.headers.get("Last-Modified")),
             etag=meta.etag if partial and meta else resp.headers.get("ETag", ""),
         )
         job = asyncio.create_task(self._download(task, resp, fresh_meta, partial), name=f"cdn-{task.id[:12]}")
@@ -402,14 +233,14 @@ class CdnManager:
                               else None)
 
     async def _download(self, task: Task, resp: aiohttp.ClientResponse, meta: CacheMeta,
-                        partial: _Partial | None) -> None:
+                        partial: Partial | None) -> None:
         self.metrics.cdn_download_total.inc()
         started = time.monotonic()
         fd = -1
         try:
             await asyncio.to_thread(self.store.write_meta, meta)
-            fd = await _finish_in_thread(self._open_data, task.id, partial, task.piece_size, abandon=os.close)
-            await self._stream(task, resp, fd, meta, partial or _Partial())
+            fd = await finish_in_thread(open_data, self.store, task.id, partial, task.piece_size, abandon=os.close)
+            await self._stream(task, resp, fd, meta, partial or Partial())
         except asyncio.CancelledError:
             raise
         except _Fail as exc:
@@ -431,7 +262,7 @@ class CdnManager:
                 os.close(fd)
 
     async def _stream(self, task: Task, resp: aiohttp.ClientResponse, fd: int, meta: CacheMeta,
-                      partial: _Partial) -> None:
+                      partial: Partial) -> None:
         """Cut the body into pieces; each piece is sealed and written by a worker thread.
 
         Bytes are copied once, from the socket buffer into a piece-sized frame. While a worker hashes
@@ -502,27 +333,11 @@ class CdnManager:
 
     async def _write_piece(self, task: Task, fd: int, piece_num: int, frame: bytearray, data_len: int,
                            raw_md5: hashlib._Hash) -> None:
-        md5_text = await _finish_in_thread(self._seal_piece, fd, piece_num, frame, data_len, task.piece_size,
+        md5_text = await finish_in_thread(seal_piece, fd, piece_num, frame, data_len, task.piece_size,
                                            raw_md5)
         task.piece_md5s.append(md5_text)
         self.progress.cdn_piece_done(task.id, piece_num)
         self.changes.notify(task.id)
-
-    @staticmethod
-    def _seal_piece(fd: int, piece_num: int, frame: bytearray, data_len: int, piece_size: int,
-                    raw_md5: hashlib._Hash) -> str:
-        """Frame the data in place (head, tail), hash it, write it at the piece's offset."""
-        frame[:HEAD_SIZE] = piece_head(data_len, piece_size)
-        frame[HEAD_SIZE + data_len] = TAIL_BYTE
-        framed = memoryview(frame)[:data_len + WRAP_SIZE]
-        raw_md5.update(framed[HEAD_SIZE:HEAD_SIZE + data_len])
-        digest = hashlib.md5(framed).hexdigest()
-        offset, view = piece_num * piece_size, framed
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view = view[written:]
-            offset += written
-        return piece_md5_text(digest, data_len + WRAP_SIZE)
 
     async def _fail(self, task: Task, meta: CacheMeta, reason: str, kind: str, *, resumable: bool) -> None:
         """Keep what a later ranged request can continue, drop the rest, *then* publish FAILED.
@@ -532,7 +347,7 @@ class CdnManager:
         """
         log.warning("task %s failed: %s", task.id, reason)
         with contextlib.suppress(OSError):
-            if resumable and meta.http_file_len > 0 and _if_range(meta):
+            if resumable and meta.http_file_len > 0 and if_range(meta):
                 await asyncio.to_thread(self.store.write_meta, meta)
             else:
                 await asyncio.to_thread(self.store.delete, task.id)
