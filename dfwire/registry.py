@@ -3,7 +3,7 @@
 Image preheat talks to a Docker/OCI registry the way ``docker pull`` does. Everything here is parsing and
 decision logic with no I/O, so the odd inputs real registries produce (quoted commas in a challenge,
 a manifest list whose entries are attestations, a schema-1 manifest) can be unit-tested without a
-network. The I/O half is :mod:`supernode.managers.preheat`.
+network. The I/O half is :mod:`supernode.managers.registry_client`.
 
 Deliberate differences from the Go supernode (§6), which only had to work with Docker Hub:
 - challenges are parsed as RFC 7235 auth-params, so a ``scope="repository:a:pull,push"`` survives
