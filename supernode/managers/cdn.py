@@ -36,7 +36,7 @@ import time
 
 import aiohttp
 
-from dfwire.pieces import HEAD_SIZE, data_size, piece_size_for
+from dfwire.pieces import HEAD_SIZE, WRAP_SIZE, data_size, piece_size_for
 
 from ..cdn.datafile import Partial, finish_in_thread, open_data, scan_partial, seal_piece, verify_cache
 from ..cdn.source import SourceClient
@@ -319,7 +319,7 @@ class CdnManager:
         if task.http_file_length < 0:
             task.http_file_length = partial.pieces * per + received
         length = task.http_file_length
-        file_length = max(length, 0) + 5 * piece
+        file_length = max(length, 0) + WRAP_SIZE * piece
         await asyncio.to_thread(self.store.write_md5s, task.id, task.piece_md5s, real_md5)
         meta.http_file_len = length
         meta.file_length = file_length
