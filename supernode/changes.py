@@ -1,13 +1,13 @@
 """Wake-ups for pulls that are waiting for something to change in a task.
 
 A ``/peer/task`` that would answer 602 ("wait") is held for a moment instead (see
-``TaskManager.pull_held``): the client would otherwise sleep a back-off of 50 ms to 1.6 s and come
+``PullLoop.pull_held``): the client would otherwise sleep a back-off of 50 ms to 1.6 s and come
 back, idle all that time, even when the CDN finished a piece or a source freed an upload slot a
 millisecond after the answer. Whatever can turn a 602 into pieces - a CDN piece sealed or failed, a
 piece outcome recorded (which frees a download slot and an upload slot, and may add a holder) -
 notifies the task here, and every pull held on it schedules again.
 
-The held pulls wake in order of priority (lowest first; the task manager uses the pieces a client
+The held pulls wake in order of priority (lowest first; the pull loop uses the pieces a client
 holds), one event-loop step after the notification. That step lets the pull that reported the change
 join the queue first, so a freed source goes to the client that lags most rather than to whoever
 happened to report: the sources of a swarm are its clients, and a client that lags holds fewer

@@ -28,6 +28,7 @@ from .config import Settings
 from .managers.cdn import CdnManager
 from .managers.gc import GarbageCollector
 from .managers.preheat import PreheatManager
+from .managers.pull import PullLoop
 from .managers.repair import PieceRepair
 from .managers.task import TaskManager
 from .metrics import PREHEAT_STATUSES, PREHEAT_TYPES, Metrics
@@ -54,7 +55,7 @@ class Supernode:
             elimination_limit=settings.elimination_limit, failure_count_limit=settings.failure_count_limit,
             cdn_task_limit=settings.cdn_task_limit, cdn_upload_rate=float(self.cdn_egress_rate or 0),
             cdn_measure=settings.cdn_measure))
-        self.metrics.cdn_capacity_bytes.set_function(lambda: self.progress.cdn.rate)
+        self.metrics.cdn_capacity_bytes.set_function(lambda: self.progress.rates.cdn.rate)
         self.source = SourceClient(header_timeout=settings.source_probe_timeout,
                                    read_timeout=settings.source_read_timeout, allow=settings.allow_list)
         # Raises TokenError for an unreadable or empty token file: better not to start than to run open.
@@ -67,7 +68,9 @@ class Supernode:
                                               port=settings.download_port, version=__version__)
         self.progress.add_peer(self.super_peer.id, serves=False)
         self.tasks = TaskManager(settings=settings, peers=self.peers, progress=self.progress, cdn=self.cdn,
-                                 metrics=self.metrics, super_peer=self.super_peer, changes=self.changes)
+                                 metrics=self.metrics, super_peer=self.super_peer)
+        self.pulls = PullLoop(settings=settings, tasks=self.tasks, peers=self.peers, progress=self.progress,
+                              metrics=self.metrics, super_peer=self.super_peer, changes=self.changes)
         self.repair = PieceRepair(self.tasks)
         self.gc = GarbageCollector(settings=settings, tasks=self.tasks, store=self.store, metrics=self.metrics)
         self.preheats = PreheatManager(settings=settings, tasks=self.tasks, metrics=self.metrics)

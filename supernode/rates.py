@@ -4,11 +4,16 @@ The supernode never sees bytes move between peers; all it has is when it handed 
 the client reported it. Two things make those timings mislead, and this module is where they are
 discounted: pieces that say nothing about throughput (:func:`piece_rate` returns None for them), and
 bursts (:func:`average` averages over time per byte, not over rates). The CDN port's own capacity C,
-which shows only when the port saturates, is read from the same timings by :class:`CdnCapacity`. Pure,
-no I/O: the progress state decides whose estimate a sample updates.
+which shows only when the port saturates, is read from the same timings by :class:`CdnCapacity`.
+:class:`SwarmRates` keeps the estimates of one supernode and turns each finished piece into samples of
+its source, its receiver and the swarm. Pure, no I/O: the progress state feeds it, the scheduler reads it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .swarm import ClientProgress, PeerProgress, Run, TaskProgress
 
 SAMPLE_MIN = 256 * 1024
 """Pieces smaller than this (a file's short last piece) take as long as a request does, whatever the rate:
@@ -69,7 +74,7 @@ class CdnCapacity:
     A supernode shares its NIC, so C is often not what the port could do alone, and not known. It shows
     only when the port saturates, and only against a reference: N clients that each get C/N from the CDN
     look exactly like N clients that can each take only C/N. The reference is what clients take from
-    peers (``ProgressState.down_capacity``), and a CDN piece says what its client took from it: its rate
+    peers (:attr:`SwarmRates.down_capacity`), and a CDN piece says what its client took from it: its rate
     times the pieces the client ran meanwhile (a client's share of its own download, had that been the
     limit).
 
@@ -83,7 +88,7 @@ class CdnCapacity:
     window that reaches :data:`PROBE_OPEN` first ends the probe: C is large, and a saturation later on
     still measures it. With ``measure`` off and C not told, the port is taken to be unlimited, as Go does.
 
-    Pure: the progress state feeds it every finished CDN piece; the scheduler reads :attr:`seeds`,
+    Pure: :class:`SwarmRates` feeds it every finished CDN piece; the scheduler reads :attr:`seeds`,
     :attr:`rate`, :attr:`probing` and :attr:`window`.
     """
 
@@ -133,3 +138,78 @@ class CdnCapacity:
                 return
         if self.probing and cdn_flows >= self.window / 2:
             self.window += 1
+
+
+class SwarmRates:
+    """The throughput estimates of one supernode, and the loads over time its samples are read against.
+
+    A piece's rate alone says little: what a source delivers is the rate times the uploads it ran at
+    once, and what a client takes is the rate times the pieces it fetched at once. So beside the
+    estimates this keeps the integrals of those counts over time (a client's ``flow_area``, the CDN's
+    :attr:`cdn_area`), and a piece's average company is an integral's growth over its run divided by
+    the run's length. Per-peer estimates live on the peers' records (``PeerProgress.capacity`` and
+    ``down_capacity``); the swarm's are here. The progress state calls :meth:`count_flows` and
+    :meth:`add_cdn_load` before the counts change and :meth:`sample` when a piece ends well.
+    """
+
+    __slots__ = ("_cdn_clock", "cdn", "cdn_area", "cdn_load", "down_capacity", "peer_capacity")
+
+    def __init__(self, told: float = 0.0, *, measure: bool) -> None:
+        self.cdn = CdnCapacity(told, measure=measure)
+        """The CDN's capacity C, told or measured, and how many pieces it sends at once while not told."""
+        self.cdn_load = 0
+        """Pieces the CDN is serving, over all tasks (the sum of their ``super_load``): they share one port."""
+        self.cdn_area = 0.0
+        """The integral over time of :attr:`cdn_load`, up to the last change of it."""
+        self._cdn_clock = 0.0
+        self.peer_capacity = 0.0
+        """The upload estimate over every peer's samples: the guess for a peer not measured yet."""
+        self.down_capacity = 0.0
+        """The download capacity estimate over every client's samples: the guess for one not measured yet.
+        Only pieces peers served count: a CDN flow moves at the CDN's share (C over the flows it runs), so
+        with a saturated CDN its flows say how many it runs, and counting them as what a client can take
+        made the scheduler hand the CDN more flows each round (seen: 8 at once, each at a crawl)."""
+
+    @staticmethod
+    def count_flows(client: ClientProgress, now: float) -> None:
+        """Bring the client's ``flow_area`` up to ``now``; called before its running pieces change."""
+        if now > client.flow_clock:
+            client.flow_area += len(client.running) * (now - client.flow_clock)
+            client.flow_clock = now
+
+    def add_cdn_load(self, delta: int, now: float | None) -> None:
+        """Change the CDN's load, bringing :attr:`cdn_area` up to ``now`` first (None: time unknown)."""
+        if now is not None and now > self._cdn_clock:
+            self.cdn_area += self.cdn_load * (now - self._cdn_clock)
+            self._cdn_clock = now
+        self.cdn_load += delta
+
+    def sample(self, task: TaskProgress, client: ClientProgress, run: Run, peers: Mapping[str, PeerProgress],
+               size: int, now: float) -> None:
+        """One piece of ``size`` bytes finished well: its rate, and the rate times the flows at each end of it.
+
+        ``run`` was already taken off the client's running pieces, but not yet off its source's load: the
+        source's concurrent uploads still count this one. The client's own download limit caps each sample,
+        so estimates are lower bounds; they are compared, never used as promises.
+        """
+        source = peers.get(run.dst)
+        rate = piece_rate(size, now - run.started)
+        cdn = run.dst == task.super_pid
+        if cdn and size >= SAMPLE_MIN:
+            self.add_cdn_load(0, now)
+            span = now - run.started
+            self.cdn.piece(rate, client_flows=(client.flow_area - run.flow_area) / span if span > 0 else 1.0,
+                           cdn_flows=(self.cdn_area - run.cdn_area) / span if span > 0 else 1.0,
+                           clients_take=self.down_capacity)
+        if rate is None or source is None:
+            return
+        concurrent = task.super_load if cdn else source.load
+        sample = rate * max(concurrent, 1)
+        source.capacity = average(source.capacity, sample)
+        if cdn:
+            return
+        self.peer_capacity = average(self.peer_capacity, sample)
+        down = rate * (len(client.running) + 1)
+        receiver = peers[client.pid]
+        receiver.down_capacity = average(receiver.down_capacity, down)
+        self.down_capacity = average(self.down_capacity, down)

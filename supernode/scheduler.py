@@ -22,7 +22,7 @@ regime of a supernode that shares one NIC with hundreds of nodes, where the peer
 carry the swarm.
 
 Sources go first to the clients that lag: a client with no piece at all that waited while every source
-was busy is owed the next free one (:func:`_hungry_others`), and the task manager wakes held pulls fewest
+was busy is owed the next free one (:func:`_hungry_others`), and the pull loop wakes held pulls fewest
 pieces first (:mod:`supernode.changes`). A client that lags holds the pieces nobody needs any more, so
 serving it first is what keeps every peer's upload busy.
 """
@@ -35,8 +35,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from .errors import DfCode, DfError
-from .progress import PeerProgress, PeerSet, ProgressState, TaskProgress
+from .progress import ProgressState
 from .rates import CDN_START as _CDN_START
+from .swarm import PeerProgress, PeerSet, TaskProgress
 
 _DEFAULT_RNG = random.Random()
 
@@ -92,7 +93,7 @@ def schedule(
     available.difference_update(client.running)
     if not available:
         raise DfError(DfCode.PEER_WAIT, f"taskID: {task_id}, clientID: {cid}")
-    seeding = state.cdn.seeds
+    seeding = state.rates.cdn.seeds
     flows, source_flows = _flow_limits(state, peer) if seeding else (limits.peer_down_limit, limits.peer_up_limit)
     slots = flows - len(client.running)
     if limit is not None:
@@ -187,8 +188,8 @@ def _flow_limits(state: ProgressState, peer: PeerProgress) -> tuple[int, int]:
     both are measured, :data:`_FLOWS_START` and one.
     """
     limits = state.limits
-    down = peer.down_capacity or state.down_capacity
-    up = state.peer_capacity
+    down = peer.down_capacity or state.rates.down_capacity
+    up = state.rates.peer_capacity
     if not down or not up:
         return min(_FLOWS_START, limits.peer_down_limit), 1
     # a client a quarter short of filling one more source's flow does not open it
@@ -204,8 +205,8 @@ def _full_flow(state: ProgressState) -> float:
     peers served; 0 while either is unmeasured. The CDN's own flows never count: flows out of a CDN
     that runs too many are slow, and counting them would make it run more.
     """
-    if state.down_capacity and state.peer_capacity:
-        return min(state.down_capacity, state.peer_capacity)
+    if state.rates.down_capacity and state.rates.peer_capacity:
+        return min(state.rates.down_capacity, state.rates.peer_capacity)
     return 0.0
 
 
@@ -240,16 +241,16 @@ class _CdnBudget:
 
     def __init__(self, state: ProgressState, task: TaskProgress, load: int, *, starving: bool) -> None:
         self._state, self._task, self._load, self._starving = state, task, load, starving
-        cdn = state.cdn
+        cdn = state.rates.cdn
         self._rate = cdn.rate or state.capacity(task.super_pid)
         self.slots = state.limits.cdn_task_limit - load
         # the port's flows are shared by all its tasks
         if cdn.rate:
             flow = _full_flow(state)
             port = max(1, round(cdn.rate / flow)) if flow else _CDN_START
-            self.slots = min(self.slots, port - state.cdn_load)
+            self.slots = min(self.slots, port - state.rates.cdn_load)
         elif cdn.probing:
-            self.slots = min(self.slots, cdn.window - state.cdn_load)
+            self.slots = min(self.slots, cdn.window - state.rates.cdn_load)
 
     def take(self) -> None:
         self.slots -= 1
@@ -258,7 +259,7 @@ class _CdnBudget:
     def serves(self, *, fresh: bool) -> bool:
         """Whether the CDN serves a piece no free peer can, given a free CDN slot; ``fresh``: no copy of it
         is held by a source or on its way to a peer."""
-        if not self._state.cdn.seeds or fresh:
+        if not self._state.rates.cdn.seeds or fresh:
             return True
         if self.slots > _CDN_FRESH_SLOTS:
             return True
@@ -273,7 +274,7 @@ class _CdnBudget:
         peer gets the piece as in Go (that is also how sources get measured at all).
         """
         state = self._state
-        peer = state.capacity(dst) or state.peer_capacity
+        peer = state.capacity(dst) or state.rates.peer_capacity
         if not self._rate or not peer:
             return False
         return self._rate / (self._load + 1) > peer / (self._task.free_load[dst] + 1)

@@ -11,7 +11,7 @@ whose bandwidth. It is a discrete-event model of the benchmark's regime (``bench
 - a client behaves as dfget does: it pulls when it registers and after every finished piece; a pull
   that finds nothing (602) is held by the supernode until the task changes, for at most ``hold``;
   held pulls are served fewest pieces first, and while any are held a report's pull joins them, as
-  ``TaskManager.pull_held`` does;
+  ``PullLoop.pull_held`` does;
 - every piece costs ``latency`` seconds before its bytes flow (connect, request, first byte).
 
 Sources are the scheduler's choice (:func:`supernode.scheduler.schedule` on a real
@@ -204,7 +204,7 @@ class BandwidthSwarm:
         client.done.add(flow.num)
         self.state.update_piece(TASK, flow.cid, flow.src, flow.num, PieceStatus.SUCCESS, self.now, size=size)
         if any(c.waiting_since is not None for c in self.clients.values()):
-            self._hold(client)  # the report's pull joins the held ones (TaskManager.pull_held)
+            self._hold(client)  # the report's pull joins the held ones (PullLoop.pull_held)
         else:
             self._pull(client)
         self._changed()

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from ..errors import DfCode, DfError
-from ..managers.task import Finished
+from ..managers.pull import Finished
 from ..models import (
     DfgetTaskStatus,
     HeartbeatResponse,
@@ -78,7 +78,7 @@ async def pull_piece_task(request: web.Request) -> web.Response:
     q = raw_query(request)
     status_text, result_text = q.get("status", ""), q.get("result", "")
     try:
-        answer = await node.tasks.pull_held(
+        answer = await node.pulls.pull_held(
             q.get("taskId", ""), q.get("srcCid", ""), status=_STATUS.get(status_text),
             result=_RESULT.get(result_text), piece_range_text=q.get("range", ""), dst_cid=q.get("dstCid", ""))
     except DfError as exc:
@@ -95,7 +95,7 @@ async def piece_success(request: web.Request) -> web.Response:
     node = request.app[SERVICES]
     q = raw_query(request)
     try:
-        node.tasks.report_success(q.get("taskId", ""), q.get("cid", ""), q.get("dstCid", ""),
+        node.pulls.report_success(q.get("taskId", ""), q.get("cid", ""), q.get("dstCid", ""),
                                   q.get("pieceRange", ""))
     except DfError as exc:
         raise rest_error(exc) from None
@@ -116,7 +116,7 @@ async def service_down(request: web.Request) -> web.Response:
     node = request.app[SERVICES]
     q = raw_query(request)
     try:
-        node.tasks.service_down(q.get("taskId", ""), q.get("cid", ""))
+        node.pulls.service_down(q.get("taskId", ""), q.get("cid", ""))
     except DfError as exc:
         raise rest_error(exc) from None
     return result(612)

@@ -98,7 +98,7 @@ async def update_task(request: web.Request) -> web.Response:
     node = request.app[SERVICES]
     req = await body_model(request, TaskUpdateRequest)
     try:
-        node.tasks.finish(request.match_info["id"], req.peer_id)
+        node.pulls.finish(request.match_info["id"], req.peer_id)
     except DfError as exc:
         raise rest_error(exc) from None
     return web.Response(status=200)
@@ -123,7 +123,7 @@ async def pull_pieces(request: web.Request) -> web.Response:
     num = query_int(q, "num", 4, minimum=1)
     req = await body_model(request, PiecePullRequest, required=False)
     try:
-        pieces = node.tasks.pull_pieces(request.match_info["id"], client_id, num=num,
+        pieces = node.pulls.pull_pieces(request.match_info["id"], client_id, num=num,
                                         status=req.dfget_task_status, result=req.piece_result,
                                         piece_range_text=req.piece_range, dst_pid=req.dst_pid)
     except DfError as exc:
@@ -135,7 +135,7 @@ async def update_piece(request: web.Request) -> web.Response:
     node = request.app[SERVICES]
     req = await body_model(request, PieceUpdateRequest)
     try:
-        node.tasks.update_piece(request.match_info["id"], request.match_info["pieceRange"],
+        node.pulls.update_piece(request.match_info["id"], request.match_info["pieceRange"],
                                 client_id=req.client_id, dst_pid=req.dst_pid, result=req.piece_status)
     except DfError as exc:
         raise rest_error(exc) from None

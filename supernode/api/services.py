@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..managers.preheat import PreheatManager
+from ..managers.pull import PullLoop
 from ..managers.repair import PieceRepair
 from ..managers.task import TaskManager
 from ..metrics import Metrics
@@ -22,6 +23,7 @@ from ..security import ApiToken, SourceAllowList
 
 class Services(Protocol):
     tasks: TaskManager
+    pulls: PullLoop
     peers: PeerRegistry
     preheats: PreheatManager
     repair: PieceRepair

@@ -78,12 +78,12 @@ def test_the_capacity_the_scheduler_works_with_is_exported_told_or_measured(tmp_
     told = Supernode(load_settings(None, advertise_ip="127.0.0.1", home_dir=tmp_path, cdn_rate_limit="4M"))
     assert sample_value(told.metrics, "dragonfly_supernode_cdn_capacity_bytes") == 4 * MIB
     measuring = Supernode(load_settings(None, advertise_ip="127.0.0.1", home_dir=tmp_path))
-    assert measuring.progress.cdn.probing
+    assert measuring.progress.rates.cdn.probing
     assert sample_value(measuring.metrics, "dragonfly_supernode_cdn_capacity_bytes") == 0
-    measuring.progress.cdn.piece(2 * MIB, client_flows=1, cdn_flows=5, clients_take=10 * MIB)
+    measuring.progress.rates.cdn.piece(2 * MIB, client_flows=1, cdn_flows=5, clients_take=10 * MIB)
     assert sample_value(measuring.metrics, "dragonfly_supernode_cdn_capacity_bytes") == 10 * MIB
     go = Supernode(load_settings(None, advertise_ip="127.0.0.1", home_dir=tmp_path, cdn_measure=False))
-    assert not go.progress.cdn.probing and not go.progress.cdn.seeds
+    assert not go.progress.rates.cdn.probing and not go.progress.rates.cdn.seeds
 
 
 def test_measuring_is_turned_off_by_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,22 +132,22 @@ def test_cdn_flows_are_not_a_measure_of_what_clients_can_take() -> None:
         state.start_piece(TASK, f"c{i}", num, SUPER, now=1.0)
     for i, num in enumerate(range(4)):
         state.update_piece(TASK, f"c{i}", SUPER, num, SUC, now=2.6, size=PIECE)  # 2.5 MiB/s each
-    assert state.down_capacity == 0.0
+    assert state.rates.down_capacity == 0.0
     got = [dst for cid in ("c0", "c1") for _, dst in pull(state, cid)]
     assert got.count(SUPER) == 2, "still the two CDN flows of an unmeasured swarm"
 
 
 def test_a_cdn_not_told_measures_c_from_lone_pieces_that_other_cdn_pieces_slowed() -> None:
     state = seeded_state(pieces=8, cdn_upload_rate=0.0, measure=True, peers=5)  # clients take 10 MiB/s from peers
-    assert state.cdn.probing and state.cdn.window == rates.PROBE_START
+    assert state.rates.cdn.probing and state.rates.cdn.window == rates.PROBE_START
     for i in range(5):
         state.start_piece(TASK, f"c{i}", i, SUPER, now=1.0)
     state.update_piece(TASK, "c0", SUPER, 0, SUC, now=2.0, size=PIECE)  # 4 MiB/s beside 4 more: 5 x 4 MiB/s
-    assert state.cdn.rate == pytest.approx(20 * MIB)
-    assert state.cdn_load == 4
+    assert state.rates.cdn.rate == pytest.approx(20 * MIB)
+    assert state.rates.cdn_load == 4
     # c1's piece ran 1 s beside 4 others and 0.6 s beside 3: 4.625 on average, at 2.5 MiB/s
     state.update_piece(TASK, "c1", SUPER, 1, SUC, now=2.6, size=PIECE)
-    assert state.cdn.rate == pytest.approx(rates.average(20 * MIB, 2.5 * MIB * 4.625))
+    assert state.rates.cdn.rate == pytest.approx(rates.average(20 * MIB, 2.5 * MIB * 4.625))
 
 
 def test_a_cdn_piece_that_shared_its_clients_download_is_judged_by_the_clients_share() -> None:
@@ -157,11 +157,11 @@ def test_a_cdn_piece_that_shared_its_clients_download_is_judged_by_the_clients_s
         state.start_piece(TASK, f"c{i}", i, SUPER, now=1.0)
     state.start_piece(TASK, "c0", 7, "p1", now=1.0)
     state.update_piece(TASK, "c0", SUPER, 0, SUC, now=1.0 + 4 / 3, size=PIECE)  # 3 MiB/s beside a piece from p1
-    assert state.cdn.rate == 0.0, "6 MiB/s of its client's 10 taken: no sign of a saturated port"
+    assert state.rates.cdn.rate == 0.0, "6 MiB/s of its client's 10 taken: no sign of a saturated port"
     # 2 MiB/s each, alone, beside 3 other CDN pieces for 4/3 s and 2 for 2/3 s: 11/3 CDN pieces on average
     state.update_piece(TASK, "c2", SUPER, 2, SUC, now=3.0, size=PIECE)
     state.update_piece(TASK, "c3", SUPER, 3, SUC, now=3.0, size=PIECE)
-    assert state.cdn.rate == pytest.approx(2 * MIB * 11 / 3)
+    assert state.rates.cdn.rate == pytest.approx(2 * MIB * 11 / 3)
 
 
 def test_the_pieces_of_every_task_share_the_port() -> None:
@@ -201,7 +201,7 @@ def measured(state: ProgressState, *, down: float, up: float) -> None:
     state.start_piece("other", "c0o", 0, SUPER, now=0.0)
     state.update_piece("other", "c0o", "src", 1, SUC, now=PIECE / up, size=PIECE)
     state.update_piece("other", "c0o", SUPER, 0, SUC, now=2 * PIECE / down, size=PIECE)
-    state.peer_capacity = up
+    state.rates.peer_capacity = up
 
 
 def test_a_client_runs_the_flows_that_fill_its_download() -> None:
@@ -271,7 +271,7 @@ def test_a_cdn_not_told_its_capacity_measures_it_and_seeds(n: int, bound: float)
     """C = 2D, not told: the probe finds C within a few pieces, and the swarm runs about as if told."""
     measured = swarm(n, c=20, cdn="measured")
     outcome = measured.run()
-    assert measured.state.cdn.measured == pytest.approx(20 * MIB, rel=0.25)
+    assert measured.state.rates.cdn.measured == pytest.approx(20 * MIB, rel=0.25)
     assert outcome.ratio <= bound
     assert outcome.cdn_bytes <= 1.5 * F
 
@@ -293,8 +293,8 @@ def test_an_unlimited_cdn_still_serves_at_full_speed(n: int) -> None:
     # the swarm keeps more than half of its widest window busy, and it opens)
     measured = swarm(n, c=1e6, cdn="measured")
     assert measured.run().ratio <= 1.2
-    assert measured.state.cdn.rate == 0
-    assert measured.state.cdn.probing == (n < 16)
+    assert measured.state.rates.cdn.rate == 0
+    assert measured.state.rates.cdn.probing == (n < 16)
 
 
 @pytest.mark.parametrize("cdn", ["told", "measured"])

@@ -1,4 +1,4 @@
-"""Held pulls wake lowest priority first (the task manager uses the pieces a client holds)."""
+"""Held pulls wake lowest priority first (the pull loop uses the pieces a client holds)."""
 
 from __future__ import annotations
 

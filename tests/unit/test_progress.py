@@ -124,6 +124,33 @@ def test_double_success_report_counts_once() -> None:
     assert_consistent(state)
 
 
+def test_only_the_first_report_that_the_client_holds_a_piece_answers_true() -> None:
+    """The pull loop counts a piece's served bytes on that answer: once, for dfget's two success reports."""
+    state = make_state()
+    state.start_piece(TASK, "c0", 1, "p1", now=0.0)
+    assert state.update_piece(TASK, "c0", "p1", 1, FAIL, now=0.0) is False
+    state.start_piece(TASK, "c0", 1, "p2", now=0.0)
+    assert state.update_piece(TASK, "c0", "p2", 1, SEMI, now=1.0) is True
+    assert state.update_piece(TASK, "c0", "p2", 1, SUC, now=1.0) is False
+    assert state.update_piece(TASK, "c1", SUPER, 2, SUC, now=1.0) is True
+    assert state.update_piece(TASK, "c1", "p0", 3, WAIT, now=1.0) is False
+    assert_consistent(state)
+
+
+def test_pieces_taken_back_run_no_more_and_nobody_is_blamed() -> None:
+    state = make_state()
+    state.start_piece(TASK, "c0", 1, "p1", now=0.0)
+    state.start_piece(TASK, "c0", 2, SUPER, now=0.0)
+    state.start_piece(TASK, "c0", 3, "p2", now=0.0)
+    state.take_back(TASK, "c0", [1, 2, 5], now=10.0)  # 5 does not run: nothing to take back
+    assert state.client_running(TASK, "c0") == {3: "p2"}
+    assert (state.peer("p1").load, state.super_load(TASK, 10.0), state.rates.cdn_load) == (0, 0, 0)
+    assert state.peer("p0").client_errors == 0 and state.peer("p0").blacklist == {}
+    assert state.peer("p1").service_errors == 0
+    assert state.client_done(TASK, "c0") == set()
+    assert_consistent(state)
+
+
 def test_stray_success_does_not_release_a_load_it_never_took() -> None:
     state = make_state()
     state.start_piece(TASK, "c0", 1, "p2", now=0.0)
@@ -212,6 +239,7 @@ def test_start_piece_refuses_held_or_running_pieces() -> None:
         lambda s: s.add_client("nope", "c9", "p0"),
         lambda s: s.client_done(TASK, "nope"),
         lambda s: s.client_running(TASK, "nope"),
+        lambda s: s.take_back(TASK, "nope", [1], 0.0),
         lambda s: s.cdn_piece_done("nope", 1),
         lambda s: s.cdn_pieces("nope"),
         lambda s: s.holders("nope", 1),

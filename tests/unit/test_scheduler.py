@@ -364,7 +364,7 @@ class SimClient:
 
 
 class Swarm:
-    """Drives a ProgressState the way the task manager will: dfget registrations, pulls, reports.
+    """Drives a ProgressState the way the task manager and the pull loop do: dfget registrations, pulls, reports.
 
     Kinds of clients: ``normal``; ``cdn`` (cdn pattern: never serves); ``faulty`` (every upload from
     it fails); ``broken`` (every download it makes from a peer fails, so it ends up using only the
@@ -565,7 +565,7 @@ def test_capacity_is_rate_times_concurrent_uploads() -> None:
     state.start_piece(TASK, "c2", 0, "p1", now=0.0)
     _measure(state, "c3", 0, "p1", 1.0)  # p1 served two at once, this one at 4 MiB/s
     assert state.capacity("p1") == 2 * PIECE_BYTES
-    assert state.peer_capacity == 2 * PIECE_BYTES
+    assert state.rates.peer_capacity == 2 * PIECE_BYTES
     assert state.capacity("p2") == 0.0
 
 
