@@ -70,7 +70,7 @@ class ProgressState:
         self.rates = SwarmRates(limits.cdn_upload_rate, measure=limits.cdn_measure)
         """The throughput estimates (the CDN's capacity C among them) and the CDN's load over all tasks."""
 
-    # -- lookups (the scheduler reads these records; only this class mutates them) --
+    # -- lookups (the scheduler reads these records and marks clients hungry or idle; the rest changes here) --
 
     def peer(self, pid: str) -> PeerProgress:
         peer = self._peers.get(pid)

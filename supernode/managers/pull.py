@@ -188,7 +188,7 @@ class PullLoop:
         cid = self.tasks.peer_cid(task.id, peer_id)
         if cid is None:
             raise not_found(f"peer {peer_id} has no download of task {task_id_}")
-        self.tasks.set_client_status(self.tasks.clients[(cid, task.id)], ClientStatus.SUCCESS)
+        self.tasks.set_client_status(self.tasks.client(task.id, cid), ClientStatus.SUCCESS)
 
     # ------------------------------------------------------------------ a report in
 

@@ -36,6 +36,8 @@ from .cdn import CdnManager
 
 
 class TaskManager:
+    """Tasks and their clients, from registration to GC: only it adds entries to their tables or removes them."""
+
     def __init__(self, *, settings: Settings, peers: PeerRegistry, progress: ProgressState, cdn: CdnManager,
                  metrics: Metrics, super_peer: Peer) -> None:
         self.settings = settings
@@ -202,6 +204,9 @@ class TaskManager:
         if old is not None:
             self.progress.remove_client(task.id, old.cid)
             self._count_client(old, -1)
+            # The CID now names the new peer's download; the old peer keeps none under it.
+            if old.peer_id != client.peer_id:
+                self._cid_of.pop((old.peer_id, task.id), None)
         self.clients[key] = client
         self._cid_of[(client.peer_id, task.id)] = client.cid
         task.clients.add(client.cid)

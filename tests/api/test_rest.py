@@ -195,6 +195,19 @@ async def test_task_and_piece_lifecycle(api: TestClient, origin: OriginServer, n
     assert not node.store.data_path(task_id).exists()
 
 
+async def test_a_cid_taken_over_by_another_peer_is_no_longer_the_first_peers(
+    api: TestClient, origin: OriginServer, node: Supernode,
+) -> None:
+    """Peer B registers the CID peer A used: A has no download left to finish, before and after B leaves."""
+    first, second = await _peer(api), await _peer(api, ip="127.0.0.3", host="node-b")
+    task_id = (await _task(api, origin, first, b"x" * 1000))["ID"]
+    assert (await _task(api, origin, second, b"x" * 1000))["ID"] == task_id
+    await _error(await api.put(f"/tasks/{task_id}", json={"peerID": first}), 404)
+    assert (await api.delete(f"/peers/{second}")).status == 204
+    await _error(await api.put(f"/tasks/{task_id}", json={"peerID": first}), 404)
+    await _error(await api.put(f"/tasks/{task_id}", json={"peerID": second}), 404)
+
+
 async def test_task_errors(api: TestClient, origin: OriginServer) -> None:
     unknown = "0" * 64
     await _error(await api.get(f"/tasks/{unknown}"), 404)
