@@ -9,7 +9,8 @@ dfget reports as done, ``dragonfly_supernode_pieces_downloaded_size_bytes_total`
 
 Go dfget run with ``--verbose`` logs one ``client range:... from peer:IP:PORT ... length:L`` record per piece
 read (its ``downloading piece`` records are the pull requests, which carry only some of the finished pieces):
-:func:`go_dfget_pieces` counts them by source.
+:func:`go_dfget_pieces` counts them by source. :func:`go_dfget_tail` times what it does after its last piece:
+it waits for its file writer, then checks the whole file against the MD5 the supernode's finish answer gave.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -165,3 +167,47 @@ def go_dfget_seconds(stdout: str) -> float:
 
 def went_to_source(stdout: str) -> bool:
     return "from the source station" in stdout
+
+
+@dataclass
+class GoTail:
+    """What a Go dfget did after it had read its last piece, from its dfclient.log timestamps (seconds).
+
+    With many dfgets on few cores these are CPU, not network: the writer flushes its queue, then the whole
+    file's MD5 is computed (the finish answer carries it; every dfget of a swarm does this at about the
+    same moment). The benchmark reports it beside the completion time, so that the time the supernode took
+    to deliver every piece can be told from the time the clients took to check them.
+    """
+
+    after_last_piece: float
+    writer_wait: float
+    md5: float
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ", re.MULTILINE)
+_WRITER = re.compile(r"wait client writer finish cost:([0-9.]+)")
+_MD5 = re.compile(r"compute raw md5:\S* for file:\S+ cost:([0-9.]+)s")
+
+
+def _stamp(line: str) -> datetime | None:
+    match = _STAMP.match(line)
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f") if match else None
+
+
+def go_dfget_tail(home: Path) -> GoTail | None:
+    """:class:`GoTail` of a Go dfget run with ``--verbose``; None without a piece read and a final record."""
+    log = home / "logs" / "dfclient.log"
+    if not log.is_file():
+        return None
+    text = log.read_text(errors="replace")
+    last_piece = end = None
+    for line in text.splitlines():
+        if (piece := _PIECE.search(line)) and int(piece.group(3)) > WRAP:
+            last_piece = _stamp(line)
+        elif "download SUCCESS cost:" in line:
+            end = _stamp(line)
+    if last_piece is None or end is None:
+        return None
+    writer, md5 = _WRITER.search(text), _MD5.search(text)
+    return GoTail(after_last_piece=round((end - last_piece).total_seconds(), 3),
+                  writer_wait=float(writer.group(1)) if writer else 0.0, md5=float(md5.group(1)) if md5 else 0.0)

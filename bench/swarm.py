@@ -36,7 +36,11 @@ in a private namespace (``--netns`` is implied).
 The machine must be quiet: every peer is two Python processes, and CPU contention (2 cores shared
 with anything else) shows up as time. Each result records the 1-minute load average before and
 after, and ``dl/T*`` - the slowest peer's own download time (dfget's summary, from registration to
-the checked file, without interpreter start-up) over T*.
+the checked file, without interpreter start-up) over T*. With Go dfget peers, ``pc/T*`` is when the last of
+them had read its last piece, over T*: the supernode's part of the run. What a Go dfget does after that (flush
+its writer, then the whole file's MD5, all of them at about the same moment on 2 cores) is CPU, not network,
+and the JSON has its longest as ``go_after_last_piece_max_s``. ``cpu/T*`` is the machine's CPU time in the
+run, less our supernode's, spread over every core, over T*: a floor for this run's client work here.
 
 Prints a table and writes JSON to ``bench/results/swarm-<label>.json`` (``--out`` to change).
 """
@@ -157,6 +161,9 @@ class PeerResult:
     pieces_from_supernode: int | None = None
     pieces_from_peers: int | None = None
     """Pieces by source as the Go dfget logged them (our dfget reports bytes only)."""
+    after_last_piece_s: float | None = None
+    """A Go dfget's time from its last piece read to its end (:class:`go_dfv1.GoTail`): writer flush, file MD5."""
+    md5_s: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -388,7 +395,9 @@ def _md5(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------- runs
 
 
-async def _p2p(cfg: Config, work: Path, children: Children, url: str, api: int) -> list[PeerResult]:
+async def _p2p(cfg: Config, work: Path, children: Children, url: str, api: int
+               ) -> tuple[list[PeerResult], tuple[float, float]]:
+    """The peers' results, and :func:`machine_busy` when the clock started (after any prestarted uploaders)."""
     ips = [f"127.0.0.{2 + i}" for i in range(cfg.n)]
     homes = [work / f"node-{ip}" for ip in ips]
     go = [cfg.peer_is_go(i) for i in range(cfg.n)]
@@ -397,6 +406,7 @@ async def _p2p(cfg: Config, work: Path, children: Children, url: str, api: int) 
         # one, whose disk GC then deletes the file being downloaded): Go peers always start their own.
         await asyncio.gather(*(start_uploader(children, cfg, ip, home)
                                for ip, home, g in zip(ips, homes, go, strict=True) if not g))
+    busy_before = machine_busy()
     started = time.monotonic()
 
     async def one(ip: str, home: Path, is_go: bool) -> PeerResult:
@@ -426,6 +436,8 @@ async def _p2p(cfg: Config, work: Path, children: Children, url: str, api: int) 
             result.from_peers_mib = round(pieces.peer_bytes / MIB, 3)
             result.from_source_mib = cfg.size_mib if go_dfv1.went_to_source(text) else 0.0
             result.dfget_seconds = go_dfv1.go_dfget_seconds(text)
+            if tail := go_dfv1.go_dfget_tail(home):
+                result.after_last_piece_s, result.md5_s = tail.after_last_piece, tail.md5
         else:
             counts = _counts(text)
             own = re.search(r" in ([0-9.]+)s \(", text)
@@ -434,7 +446,8 @@ async def _p2p(cfg: Config, work: Path, children: Children, url: str, api: int) 
             result.dfget_seconds = float(own.group(1)) if own else 0.0
         return result
 
-    return list(await asyncio.gather(*(one(ip, home, g) for ip, home, g in zip(ips, homes, go, strict=True))))
+    peers = list(await asyncio.gather(*(one(ip, home, g) for ip, home, g in zip(ips, homes, go, strict=True))))
+    return peers, busy_before
 
 
 async def _http(cfg: Config, work: Path, url: str) -> list[PeerResult]:
@@ -495,7 +508,7 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
     orphans: list[str] = []
     peers: list[PeerResult] = []
     load_before = os.getloadavg()[0]
-    sn_pid, sn_cpu_before, sn_cpu, machine_cpu = 0, None, None, None
+    sn_pid, sn_cpu_before, sn_cpu, machine_cpu, machine_cpu_s = 0, None, None, None, None
     try:
         origin_port = await start_origin(children, size, int(cfg.origin_rate * MIB))
         url = f"http://127.0.0.1:{origin_port}/bench/file-{cfg.size_mib:g}m.bin"
@@ -505,12 +518,12 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
             else:
                 api, cdn, sn_pid = await start_supernode(children, work, cfg.supernode_args)
                 sn_cpu_before = cpu_seconds(sn_pid)
-            busy_before = machine_busy()
             if cfg.cdn_rate != float("inf"):
                 netns.limit_source_port(cdn, cfg.cdn_rate)
-            peers = await _p2p(cfg, work, children, url, api)
+            peers, busy_before = await _p2p(cfg, work, children, url, api)
             busy, total = (after - before for after, before in zip(machine_busy(), busy_before, strict=True))
             machine_cpu = round(busy / total, 3) if total else None
+            machine_cpu_s = busy / os.sysconf("SC_CLK_TCK")
             if sn_pid and sn_cpu_before is not None and (after := cpu_seconds(sn_pid)) is not None:
                 sn_cpu = round(after - sn_cpu_before, 2)
             sn_metrics = await metrics(api)
@@ -536,6 +549,11 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
     times = [p.seconds for p in peers]
     t_all = max(times)
     own = [p.dfget_seconds for p in peers if p.dfget_seconds]
+    # when the last Go peer had read its last piece: the supernode's part of T_all, without the clients' checks
+    delivered = [p.seconds - p.after_last_piece_s for p in peers if p.after_last_piece_s is not None]
+    # The rest of the machine's work (dfgets and their uploaders, the origin; for Go's run also its supernode
+    # and nginx) spread over every core: no schedule of this run's pieces finishes sooner on this machine.
+    floor = (machine_cpu_s - (sn_cpu or 0.0)) / (os.cpu_count() or 1) if machine_cpu_s is not None else None
     cdn_bytes = float(counted.pop("cdn_bytes"))
     limited = cfg.cdn_rate != float("inf") and cfg.p2p
     return {
@@ -554,6 +572,9 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
         "t_mean_s": round(statistics.fmean(times), 3), "t_min_s": round(min(times), 3),
         "dfget_max_s": round(max(own), 3) if own else None,
         "dfget_max_over_t_star": round(max(own) / bound, 3) if own else None,
+        "go_last_piece_s": round(max(delivered), 3) if delivered else None,
+        "go_last_piece_over_t_star": round(max(delivered) / bound, 3) if delivered else None,
+        "go_after_last_piece_max_s": max((p.after_last_piece_s or 0.0 for p in peers), default=0.0) or None,
         "origin_bytes": stats["bytes_sent"], "origin_bytes_over_f": round(stats["bytes_sent"] / size, 4),
         "origin_requests": stats["requests"],
         "cdn_bytes": cdn_bytes, "cdn_served_over_f": round(cdn_bytes / size, 3),
@@ -570,6 +591,9 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
         "supernode_cpu_s": sn_cpu,
         "machine_cpu_busy": machine_cpu,
         "supernode_cpu_over_t_all": round(sn_cpu / t_all, 3) if sn_cpu is not None and t_all else None,
+        "machine_cpu_s": round(machine_cpu_s, 2) if machine_cpu_s is not None else None,
+        "cpu_floor_s": round(floor, 2) if floor is not None else None,
+        "cpu_floor_over_t_star": round(floor / bound, 3) if floor is not None else None,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -592,16 +616,22 @@ def piece_trace(work: Path) -> list[dict[str, Any]]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'config':<58} {'T*':>6} {'T_all':>7} {'T_all/T*':>8} {'mean':>7} {'dl/T*':>6} {'origin/F':>8} "
-            f"{'cdn/F':>6} {'load':>5} {'sn cpu':>6} {'busy':>5} ok")
+    head = (f"{'config':<58} {'T*':>6} {'T_all':>7} {'T_all/T*':>8} {'mean':>7} {'dl/T*':>6} {'pc/T*':>6} "
+            f"{'origin/F':>8} {'cdn/F':>6} {'load':>5} {'sn cpu':>6} {'busy':>5} {'cpu/T*':>6} ok")
     rows = [head, "-" * len(head)]
     for r in results:
         rows.append(f"{r['label']:<58} {r['t_star_s']:>6.2f} {r['t_all_s']:>7.2f} {r['t_all_over_t_star']:>8.3f} "
-                    f"{r['t_mean_s']:>7.2f} {r['dfget_max_over_t_star'] or 0:>6.3f} {r['origin_bytes_over_f']:>8.4f} "
+                    f"{r['t_mean_s']:>7.2f} {r['dfget_max_over_t_star'] or 0:>6.3f} "
+                    f"{_ratio(r.get('go_last_piece_over_t_star')):>6} {r['origin_bytes_over_f']:>8.4f} "
                     f"{r['cdn_served_over_f']:>6.2f} {r['loadavg_1m_before_after'][1]:>5.1f} "
                     f"{_share(r.get('supernode_cpu_over_t_all')):>6} {_share(r.get('machine_cpu_busy')):>5} "
+                    f"{_ratio(r.get('cpu_floor_over_t_star')):>6} "
                     f"{'yes' if r['all_ok'] else 'NO'}")
     return "\n".join(rows)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _share(value: float | None) -> str:
