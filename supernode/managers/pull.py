@@ -37,6 +37,14 @@ _RESULT_STATUS = {PieceResult.SUCCESS: PieceStatus.SUCCESS, PieceResult.SEMISUC:
                   PieceResult.FAILED: PieceStatus.FAILED}
 
 
+_HELD_CODES = (DfCode.PEER_WAIT, DfCode.PEER_CONTINUE)
+"""The answers a held pull waits out: nothing to hand out yet, or the client runs all it may."""
+
+
+def _as_wait(exc: DfError) -> DfError:
+    return exc if exc.code == DfCode.PEER_WAIT else DfError(DfCode.PEER_WAIT, exc.context)
+
+
 @dataclass(frozen=True)
 class Finished:
     """The client holds every piece: answer 600 with the file's length and raw MD5."""
@@ -65,13 +73,23 @@ class PullLoop:
         """One ``/peer/task`` call: record the reported piece, then hand out more.
 
         Returns the pieces to fetch, :class:`Finished`, or ``None`` for a FINISHED report. Raises
-        ``DfError`` with PEER_WAIT (602), PEER_CONTINUE (601 without data), CDN_FAIL, ...
+        ``DfError`` with PEER_WAIT (602), PEER_CONTINUE (601 without data; only with ``pull_hold`` 0),
+        CDN_FAIL, ...
 
         A 602 is held back for up to ``pull_hold`` seconds while nothing changes. Each change of the task
         (see :mod:`supernode.changes`) schedules again, so a waiting client gets its pieces the moment
         they can be handed out instead of after its back-off. While other pulls wait, this one joins them
         rather than going first, and they are served fewest pieces first. The report the pull carries is
         recorded once, before any waiting. dfget gives the request 5 s.
+
+        A client that runs all the pieces it may is held the same way, and answered 602 if the hold ends
+        first, never 601 without data: Go dfget pulls again only when one of its pieces ends, and what the
+        supernode counts as running may already have ended. Go dfget reports a piece in the next pull and
+        again (``/peer/piece/suc``) once its writer has stored it; it merges pulls while pieces end close
+        together, and its writer falls behind on a busy machine. So the last pieces it ran can both be
+        told only by writer reports still to come, and a 601 without data left such a client with nothing
+        running and no pull to send: it sat until its 60 s timeout, then fetched the file from the origin
+        (seen in one of three 32-peer swarms on two cores).
         """
         reported = self._report(task_id_, cid, status=status, result=result, piece_range_text=piece_range_text,
                                 dst_cid=dst_cid)
@@ -85,9 +103,9 @@ class PullLoop:
             try:
                 return self._next(*reported)
             except DfError as exc:
-                if exc.code != DfCode.PEER_WAIT or hold <= 0:
+                if exc.code not in _HELD_CODES or hold <= 0:
                     raise
-                waiting = exc
+                waiting = _as_wait(exc)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hold
         while (remaining := deadline - loop.time()) > 0:
@@ -97,9 +115,9 @@ class PullLoop:
             try:
                 return self._next(self.tasks.get(task_id_), self.tasks.client(task_id_, cid))
             except DfError as exc:
-                if exc.code != DfCode.PEER_WAIT:
+                if exc.code not in _HELD_CODES:
                     raise
-                waiting = exc
+                waiting = _as_wait(exc)
         raise waiting
 
     def _report(self, task_id_: str, cid: str, *, status: DfgetTaskStatus | None, result: PieceResult | None,
