@@ -65,6 +65,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -598,20 +599,46 @@ async def run(cfg: Config, keep: bool = False) -> dict[str, Any]:
     }
 
 
-_PIECE_LINE = re.compile(r"piece (\d+) from (\S+):\d+ (\S+): (\d+) bytes in ([0-9.]+)s")
+_PIECE_LINE = re.compile(r"^(\S+ \S+) .*piece (\d+) from (\S+):\d+ (\S+): (\d+) bytes in ([0-9.]+)s", re.MULTILINE)
+_REGISTERED = re.compile(r"^(\S+ \S+) .* dfget\.register: registered with", re.MULTILINE)
+
+
+def _log_time(stamp: str) -> float:
+    """A dfclient.log timestamp (``2026-12-07 11:19:03,811``) as seconds since the epoch."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def _idle(runs: list[tuple[float, float]]) -> float:
+    """Seconds between the first start and the last end of ``runs`` (start, end) that no run covers."""
+    runs = sorted(runs)
+    idle, reach = 0.0, runs[0][1]
+    for start, end in runs[1:]:
+        idle += max(0.0, start - reach)
+        reach = max(reach, end)
+    return idle
 
 
 def piece_trace(work: Path) -> list[dict[str, Any]]:
-    """Per peer, from its dfclient.log (debug records of a traced run): pieces and mean piece time by source."""
+    """Per peer, from its dfclient.log (debug records of a traced run): pieces and mean piece time by source,
+    how long it waited from registration to its first piece (``first_wait_s``), and how long it then had
+    no piece running before its last one ended (``idle_s``): where a swarm's time goes besides moving bytes."""
     rows = []
     for log in sorted(work.glob("node-*/logs/dfclient.log")):
+        text = log.read_text(errors="replace")
         by: dict[str, list[float]] = {"cdn": [], "peer": []}
-        for match in _PIECE_LINE.finditer(log.read_text(errors="replace")):
-            if int(match.group(4)) > 1024:  # the 80-byte last piece says nothing about rates
-                by["cdn" if match.group(3).startswith("cdnnode:") else "peer"].append(float(match.group(5)))
+        runs: list[tuple[float, float]] = []
+        for match in _PIECE_LINE.finditer(text):
+            if int(match.group(5)) > 1024:  # the 80-byte last piece says nothing about rates
+                seconds, end = float(match.group(6)), _log_time(match.group(1))
+                by["cdn" if match.group(4).startswith("cdnnode:") else "peer"].append(seconds)
+                runs.append((end - seconds, end))
+        registered = _REGISTERED.search(text)
+        first_wait = min(runs)[0] - _log_time(registered.group(1)) if runs and registered else None
         rows.append({"peer": log.parents[1].name.removeprefix("node-"),
                      **{f"{k}_pieces": len(v) for k, v in by.items()},
-                     **{f"{k}_mean_s": round(statistics.fmean(v), 3) if v else None for k, v in by.items()}})
+                     **{f"{k}_mean_s": round(statistics.fmean(v), 3) if v else None for k, v in by.items()},
+                     "first_wait_s": round(first_wait, 3) if first_wait is not None else None,
+                     "idle_s": round(_idle(runs), 3) if runs else None})
     return rows
 
 
@@ -738,7 +765,8 @@ async def _main(args: argparse.Namespace) -> list[dict[str, Any]]:
                     print(table([result]).splitlines()[-1], flush=True)
                     for row in result["piece_trace"]:
                         print(f"    {row['peer']:<12} cdn {row['cdn_pieces']:>3} x {row['cdn_mean_s'] or 0:.2f}s   "
-                              f"peer {row['peer_pieces']:>3} x {row['peer_mean_s'] or 0:.2f}s")
+                              f"peer {row['peer_pieces']:>3} x {row['peer_mean_s'] or 0:.2f}s   "
+                              f"first piece after {row['first_wait_s'] or 0:.2f}s, idle {row['idle_s'] or 0:.2f}s")
                     results.append(result)
     return results
 
