@@ -102,9 +102,10 @@ class Settings(BaseSettings):
     clean_ratio: int = Field(1, ge=1, le=10)
 
     client_min_rate: Size = Field(64 * 1024, gt=0, description="dfget's minimum download rate (--minrate)")
-    pull_hold: Duration = Field(1.0, le=4.0, description="longest a /peer/task that would answer 602 (wait) is "
-                                "held while nothing changes in the task; 0 answers at once, as Go does (at most "
-                                "4 s: dfget gives a request 5 s)")
+    pull_hold: Duration = Field(1.0, le=4.0, description="longest a /peer/task that would answer 602 (wait), or 601 "
+                                "without pieces to a client at its flow limit, is held while nothing changes in "
+                                "the task (then 602); 0 answers at once, as Go does (at most 4 s: dfget gives a "
+                                "request 5 s)")
     piece_timeout_margin: Duration = Field(40.0, description="added to pieceSize/minRate before a handed-out "
                                                                "piece that was never reported is taken back")
     source_probe_timeout: Duration = 4.0

@@ -3,7 +3,8 @@
 A pull reads straight through: the report is checked against the task and recorded in the progress state
 in one call (:meth:`~supernode.progress.ProgressState.update_piece`), then the scheduler hands out the next
 pieces (:func:`~supernode.scheduler.schedule`) and they become the addresses dfget fetches from. A pull
-that would answer 602 ("wait") is held while nothing changes in the task (:mod:`supernode.changes`).
+that would answer 602 ("wait"), or find the client at its flow limit, is held while nothing changes in the
+task (:mod:`supernode.changes`).
 
 Kept apart from the task manager, which owns the task and client records and their lifecycle (register,
 admit, delete, GC): a pull reads those records and moves a client's status on, but never creates or
