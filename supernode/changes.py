@@ -5,7 +5,9 @@ A ``/peer/task`` that would answer 602 ("wait") is held for a moment instead (se
 back, idle all that time, even when the CDN finished a piece or a source freed an upload slot a
 millisecond after the answer. Whatever can turn a 602 into pieces - a CDN piece sealed or failed, a
 piece outcome recorded (which frees a download slot and an upload slot, and may add a holder) -
-notifies the task here, and every pull held on it schedules again.
+notifies the task here, and every pull held on it schedules again. A client's own piece reports are also
+notified under a key of that client (``PullLoop``): a pull held only because the client runs all the
+pieces it may waits on that key alone.
 
 The held pulls wake in order of priority (lowest first; the pull loop uses the pieces a client
 holds), one event-loop step after the notification. That step lets the pull that reported the change

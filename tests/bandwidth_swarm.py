@@ -10,8 +10,9 @@ whose bandwidth. It is a discrete-event model of the benchmark's regime (``bench
   filling), recomputed at every event, which is how TCP flows through rate limiters roughly behave;
 - a client behaves as dfget does: it pulls when it registers and after every finished piece; a pull
   that finds nothing (602) is held by the supernode until the task changes, for at most ``hold``;
-  a pull of a client that runs all the pieces it may is held the same way; held pulls are served
-  fewest pieces first, and while any are held a report's pull joins them, as ``PullLoop.pull_held`` does;
+  held pulls are served fewest pieces first, and while any are held a report's pull joins them, as
+  ``PullLoop.pull_held`` does; a client that runs all the pieces it may pulls again when one of them ends
+  (the supernode holds such a pull until the client's own next report);
 - every piece costs ``latency`` seconds before its bytes flow (connect, request, first byte).
 
 Sources are the scheduler's choice (:func:`supernode.scheduler.schedule` on a real
@@ -168,7 +169,8 @@ class BandwidthSwarm:
         except DfError as exc:
             if exc.code not in (DfCode.PEER_WAIT, DfCode.PEER_CONTINUE):
                 raise
-            self._hold(client)  # a client at its flow limit is held too (PullLoop.pull_held)
+            if exc.code == DfCode.PEER_WAIT:
+                self._hold(client)
             return
         client.waiting_since = None
         for a in got:

@@ -42,6 +42,11 @@ _HELD_CODES = (DfCode.PEER_WAIT, DfCode.PEER_CONTINUE)
 """The answers a held pull waits out: nothing to hand out yet, or the client runs all it may."""
 
 
+def _client_key(task_id: str, cid: str) -> str:
+    """The :class:`~supernode.changes.TaskChanges` key of one client's own piece reports."""
+    return f"{task_id}/{cid}"
+
+
 def _as_wait(exc: DfError) -> DfError:
     return exc if exc.code == DfCode.PEER_WAIT else DfError(DfCode.PEER_WAIT, exc.context)
 
@@ -83,14 +88,14 @@ class PullLoop:
         rather than going first, and they are served fewest pieces first. The report the pull carries is
         recorded once, before any waiting. dfget gives the request 5 s.
 
-        A client that runs all the pieces it may is held the same way, and answered 602 if the hold ends
-        first, never 601 without data: Go dfget pulls again only when one of its pieces ends, and what the
-        supernode counts as running may already have ended. Go dfget reports a piece in the next pull and
-        again (``/peer/piece/suc``) once its writer has stored it; it merges pulls while pieces end close
-        together, and its writer falls behind on a busy machine. So the last pieces it ran can both be
-        told only by writer reports still to come, and a 601 without data left such a client with nothing
-        running and no pull to send: it sat until its 60 s timeout, then fetched the file from the origin
-        (seen in one of three 32-peer swarms on two cores).
+        A client that runs all the pieces it may is held too, until a report of its own frees a slot,
+        and answered 602 if the hold ends first, never 601 without data. Go dfget pulls again only when one
+        of its pieces ends, and what the supernode counts as running may already have ended: Go dfget
+        reports a piece in the next pull and again (``/peer/piece/suc``) once its writer has stored it; it
+        merges pulls while pieces end close together, and its writer falls behind on a busy machine. So the
+        last pieces it ran can both be told only by writer reports still to come, and a 601 without data
+        left such a client with nothing running and no pull to send: it sat until its 60 s timeout, then
+        fetched the file from the origin (seen in one of three 32-peer swarms on two cores).
         """
         reported = self._report(task_id_, cid, status=status, result=result, piece_range_text=piece_range_text,
                                 dst_cid=dst_cid)
@@ -100,25 +105,32 @@ class PullLoop:
         if hold > 0 and self.changes.waiting(task_id_):
             self.changes.notify(task_id_)  # this pull joins the held ones, in their order
             waiting = DfError(DfCode.PEER_WAIT, f"taskID: {task_id_}, clientID: {cid}: waiting for a source")
+            at_limit = False
         else:
             try:
                 return self._next(*reported)
             except DfError as exc:
                 if exc.code not in _HELD_CODES or hold <= 0:
                     raise
-                waiting = _as_wait(exc)
+                waiting, at_limit = _as_wait(exc), exc.code == DfCode.PEER_CONTINUE
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hold
         while (remaining := deadline - loop.time()) > 0:
-            done = self.progress.client_done_count(task_id_, cid)
-            if not await self.changes.wait(task_id_, remaining, priority=done):
+            # a client at its limit can only be helped by a report of its own: it waits on that alone, so
+            # a swarm of clients at their limits does not schedule them all again on every report
+            if at_limit:
+                woken = await self.changes.wait(_client_key(task_id_, cid), remaining)
+            else:
+                woken = await self.changes.wait(task_id_, remaining,
+                                                priority=self.progress.client_done_count(task_id_, cid))
+            if not woken:
                 break
             try:
                 return self._next(self.tasks.get(task_id_), self.tasks.client(task_id_, cid))
             except DfError as exc:
                 if exc.code not in _HELD_CODES:
                     raise
-                waiting = _as_wait(exc)
+                waiting, at_limit = _as_wait(exc), exc.code == DfCode.PEER_CONTINUE
         raise waiting
 
     def _report(self, task_id_: str, cid: str, *, status: DfgetTaskStatus | None, result: PieceResult | None,
@@ -255,6 +267,7 @@ class PullLoop:
             log.log(logging.DEBUG if capacity else logging.INFO, "CDN port capacity measured: %.1f MiB/s",
                     self.progress.rates.cdn.measured / 1024**2)
         self.changes.notify(task.id)
+        self.changes.notify(_client_key(task.id, client.cid))
         if first:
             self.metrics.piece_served("cdn" if dst_pid == self.super_peer.id else "peer", size)
             if dst_pid == self.super_peer.id:
