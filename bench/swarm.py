@@ -164,6 +164,7 @@ class PeerResult:
     """Pieces by source as the Go dfget logged them (our dfget reports bytes only)."""
     after_last_piece_s: float | None = None
     """A Go dfget's time from its last piece read to its end (:class:`go_dfv1.GoTail`): writer flush, file MD5."""
+    writer_wait_s: float | None = None
     md5_s: float | None = None
 
 
@@ -438,7 +439,8 @@ async def _p2p(cfg: Config, work: Path, children: Children, url: str, api: int
             result.from_source_mib = cfg.size_mib if go_dfv1.went_to_source(text) else 0.0
             result.dfget_seconds = go_dfv1.go_dfget_seconds(text)
             if tail := go_dfv1.go_dfget_tail(home):
-                result.after_last_piece_s, result.md5_s = tail.after_last_piece, tail.md5
+                result.after_last_piece_s, result.writer_wait_s, result.md5_s = (
+                    tail.after_last_piece, tail.writer_wait, tail.md5)
         else:
             counts = _counts(text)
             own = re.search(r" in ([0-9.]+)s \(", text)

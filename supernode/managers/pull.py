@@ -104,21 +104,20 @@ class PullLoop:
         hold = self.settings.pull_hold
         if hold > 0 and self.changes.waiting(task_id_):
             self.changes.notify(task_id_)  # this pull joins the held ones, in their order
-            waiting = DfError(DfCode.PEER_WAIT, f"taskID: {task_id_}, clientID: {cid}: waiting for a source")
-            at_limit = False
+            verdict = DfError(DfCode.PEER_WAIT, f"taskID: {task_id_}, clientID: {cid}: waiting for a source")
         else:
             try:
                 return self._next(*reported)
             except DfError as exc:
                 if exc.code not in _HELD_CODES or hold <= 0:
                     raise
-                waiting, at_limit = _as_wait(exc), exc.code == DfCode.PEER_CONTINUE
+                verdict = exc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hold
         while (remaining := deadline - loop.time()) > 0:
             # a client at its limit can only be helped by a report of its own: it waits on that alone, so
             # a swarm of clients at their limits does not schedule them all again on every report
-            if at_limit:
+            if verdict.code == DfCode.PEER_CONTINUE:
                 woken = await self.changes.wait(_client_key(task_id_, cid), remaining)
             else:
                 woken = await self.changes.wait(task_id_, remaining,
@@ -130,8 +129,8 @@ class PullLoop:
             except DfError as exc:
                 if exc.code not in _HELD_CODES:
                     raise
-                waiting, at_limit = _as_wait(exc), exc.code == DfCode.PEER_CONTINUE
-        raise waiting
+                verdict = exc
+        raise _as_wait(verdict)
 
     def _report(self, task_id_: str, cid: str, *, status: DfgetTaskStatus | None, result: PieceResult | None,
                 piece_range_text: str, dst_cid: str) -> tuple[Task, Client] | None:
