@@ -63,7 +63,8 @@ class Supernode:
                                   path=settings.api_token_file)
         self.changes = TaskChanges()
         self.cdn = CdnManager(store=self.store, source=self.source, progress=self.progress, metrics=self.metrics,
-                              rate=settings.cdn_rate, changes=self.changes)
+                              rate=settings.cdn_rate, changes=self.changes,
+                              piece_size=settings.piece_size_for)
         self.super_peer = self.peers.register(ip=settings.advertise_ip, host_name=socket.gethostname(),
                                               port=settings.download_port, version=__version__)
         self.progress.add_peer(self.super_peer.id, serves=False)

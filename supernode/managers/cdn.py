@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import aiohttp
 
@@ -81,7 +82,7 @@ def _now_ms() -> int:
 
 class CdnManager:
     def __init__(self, *, store: CacheStore, source: SourceClient, progress: ProgressState, metrics: Metrics,
-                 rate: int, changes: TaskChanges) -> None:
+                 rate: int, changes: TaskChanges, piece_size: Callable[[int], int] = piece_size_for) -> None:
         self.store = store
         self.changes = changes
         self.source = source
@@ -89,6 +90,9 @@ class CdnManager:
         self.metrics = metrics
         self._bucket = TokenBucket(rate, burst=max(rate // 4, 4 * _CHUNK))
         self._downloads: dict[str, asyncio.Task[None]] = {}
+        # Decided when the origin first answers with a length; a cached or resumed task keeps the size
+        # its data file was cut in, whatever the setting says now.
+        self._piece_size = piece_size
 
     async def prepare(self, task: Task) -> None:
         """Make ``task``'s content available; return once the origin has answered.
@@ -162,7 +166,7 @@ class CdnManager:
                     raise DfError(DfCode.URL_NOT_REACHABLE, f"url: {spec.raw_url}",
                                   "source answered 206 to a request without Range")
                 length = content_length(resp.headers)
-                self._start(task, resp, length, piece_size_for(length), None, None)
+                self._start(task, resp, length, self._piece_size(length), None, None)
                 return
             raise self._refusal(task, resp.status)
         except BaseException:

@@ -70,6 +70,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
             "persistence": {"storageClass": "fast-ssd", "size": "500Gi"},
             "config": {"max_bandwidth": "1G", "cdn_task_limit": 8},
             "cdnRateLimit": "400M",
+            "pieceSize": "2M",
             "extraEnv": [{"name": "SUPERNODE_DEBUG", "value": "true"}],
             "podDisruptionBudget": {"enabled": True},
             "service": {"type": "LoadBalancer", "annotations": {"example.com/lb": "internal"}},

@@ -258,6 +258,10 @@ BAD_VALUES = {
     "cdn rate limit not a size": {"supernode": {"cdnRateLimit": "fast"}},
     "cdn rate limit in bits": {"supernode": {"cdnRateLimit": "100Mbit"}},
     "cdn rate limit as a number": {"supernode": {"cdnRateLimit": 100}},  # a size is a string, as totalLimit
+    "piece size not whole MiB": {"supernode": {"pieceSize": "1536K"}},
+    "piece size above 15M": {"supernode": {"pieceSize": "16M"}},
+    "piece size as a number": {"supernode": {"pieceSize": 2}},
+    "piece size in bytes": {"supernode": {"pieceSize": "2"}},
 }
 
 
@@ -372,12 +376,13 @@ def test_supernode_settings_parse_the_rendered_flags_and_env(renders: dict[str, 
     assert settings.advertise_ip == "10.1.2.3"
     assert settings.max_bandwidth == 1024**3 and settings.cdn_task_limit == 8
     assert settings.cdn_egress_rate == 400 * 1024**2
+    assert settings.piece_size == 2 * 1024**2
     assert settings.debug is True
 
 
-def test_cdn_rate_limit_flag_only_when_set(renders: dict[str, Rendered], render: Any) -> None:
-    """Unset, no flag: a ``cdn_rate_limit`` in ``config`` or ``extraEnv`` stays in force; "0" is passed as
-    given and means unlimited."""
+def test_cdn_rate_limit_and_piece_size_flags_only_when_set(renders: dict[str, Rendered], render: Any) -> None:
+    """Unset, no flag: a ``cdn_rate_limit`` or ``piece_size`` in ``config`` or ``extraEnv`` stays in force;
+    "0" is passed as given and means unlimited (the spec's piece sizes)."""
     from supernode.cli import _parser
     from supernode.config import load_settings
 
@@ -385,8 +390,9 @@ def test_cdn_rate_limit_flag_only_when_set(renders: dict[str, Rendered], render:
         (container,) = out.one("StatefulSet", name)["spec"]["template"]["spec"]["containers"]
         return list(container["args"])
 
-    assert not [a for a in args(renders["defaults"]) if a.startswith("--cdn-rate-limit")]
+    assert not [a for a in args(renders["defaults"]) if a.startswith(("--cdn-rate-limit", "--piece-size"))]
     assert "--cdn-rate-limit=400M" in args(renders["custom"], "p2p")
+    assert "--piece-size=2M" in args(renders["custom"], "p2p")
     flags = vars(_parser().parse_args(args(render({"supernode": {"cdnRateLimit": "0"}}))))
     assert flags["cdn_rate_limit"] == "0"
     flags.pop("config", None)

@@ -58,27 +58,28 @@ def read_meta(node: Node, task_id: str) -> tuple[list[str], dict[str, Any], str]
     return [k for k, _ in pairs], dict(pairs), raw
 
 
-def expected_md5_file(data: bytes) -> str:
+def expected_md5_file(data: bytes, piece_size: int = PIECE_SIZE) -> str:
     """The .md5 text of §5.3, built here independently of the supernode's own helpers."""
-    lines = [*piece_md5s(data), md5_hex(data)]
+    lines = [*piece_md5s(data, piece_size), md5_hex(data)]
     return "\n".join([*lines, hashlib.sha1("".join(lines).encode()).hexdigest()])
 
 
-def check_cache(node: Node, task_id: str, url: str, data: bytes, origin: Origin, path: str) -> None:
+def check_cache(node: Node, task_id: str, url: str, data: bytes, origin: Origin, path: str,
+                piece_size: int = PIECE_SIZE) -> None:
     """The three files of §5.3, byte for byte, for a finished task."""
     data_path = node.data_path(task_id)
     assert data_path == node.home / "repo" / "download" / task_id[:3] / task_id
-    assert data_path.read_bytes() == wrapped_file(data)
-    assert data_path.with_name(task_id + ".md5").read_bytes() == expected_md5_file(data).encode()
+    assert data_path.read_bytes() == wrapped_file(data, piece_size)
+    assert data_path.with_name(task_id + ".md5").read_bytes() == expected_md5_file(data, piece_size).encode()
     keys, meta, raw = read_meta(node, task_id)
     assert keys == META_KEYS
     assert raw == json.dumps(dict(meta), separators=(",", ":"))  # compact, as Go's json.Marshal
     resource = origin.resources[path]
     behaviour = origin.behaviour.get(path)
     assert meta["taskID"] == task_id and meta["url"] == url
-    assert meta["pieceSize"] == PIECE_SIZE
+    assert meta["pieceSize"] == piece_size
     assert meta["httpFileLen"] == len(data)
-    assert meta["fileLength"] == pieces.wrapped_length(len(data), PIECE_SIZE)
+    assert meta["fileLength"] == pieces.wrapped_length(len(data), piece_size)
     assert meta["realMd5"] == md5_hex(data)
     assert meta["eTag"] == (resource.etag if behaviour is None or behaviour.etag else "")
     expected_modified = int(resource.modified.timestamp() * 1000)
@@ -86,17 +87,19 @@ def check_cache(node: Node, task_id: str, url: str, data: bytes, origin: Origin,
     assert meta["finish"] is True and meta["success"] is True
 
 
-async def check_served(peer: Peer, task_id: str, data: bytes) -> None:
+async def check_served(peer: Peer, task_id: str, data: bytes, piece_size: int = PIECE_SIZE) -> None:
     """Every piece the supernode announces to a client is on the download port and MD5-correct."""
+    per = pieces.data_size(piece_size)
     answer = await peer.pull(task_id)
     assert answer["code"] == 601, answer
     for item in answer["data"]:
+        assert item["pieceSize"] == piece_size
         assert item["peerPort"] == peer.node.settings.download_port
         status, body = await peer.piece(task_id, item["range"], path=item["path"])
         assert status == 206
         assert pieces.piece_md5_text(md5_hex(body), len(body)) == item["pieceMd5"]
         n = item["pieceNum"]
-        assert pieces.unwrap(body) == data[n * PER_PIECE:(n + 1) * PER_PIECE]
+        assert pieces.unwrap(body) == data[n * per:(n + 1) * per]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -220,6 +223,31 @@ async def test_restarted_node_revalidates_and_reuses_the_cache(
     assert second.data_path(task_id).stat().st_ino == inode
     check_cache(second, task_id, origin.url("/reuse.bin"), data, origin, "/reuse.bin")
     await check_served(peer, task_id, data)
+
+
+async def test_a_set_piece_size_cuts_new_tasks_and_a_cached_task_keeps_its_own(
+        origin: Origin, start_node: NodeFactory, session: aiohttp.ClientSession) -> None:
+    """``piece_size`` is how a new task is cut; changing it must not re-cut a cache whose pieces peers hold."""
+    data = pattern_bytes(SIZE, seed=7)
+    origin.put("/small-pieces.bin", data)
+    url = origin.url("/small-pieces.bin")
+    first = await start_node(piece_size=MIB)
+    peer = Peer(session, first)
+    answer = await peer.register(url)
+    assert answer["code"] == 200 and answer["data"]["pieceSize"] == MIB, answer
+    task_id = answer["data"]["taskId"]
+    info = await Api(session, first).wait_cdn(task_id, {"SUCCESS"})
+    assert info["pieceTotal"] == 11  # 10 MiB in pieces of 1 MiB - 5 bytes of data
+    check_cache(first, task_id, url, data, origin, "/small-pieces.bin", piece_size=MIB)
+    await check_served(peer, task_id, data, piece_size=MIB)
+    await first.stop()
+
+    second = await start_node()
+    peer = Peer(session, second)
+    answer = await peer.register(url)
+    assert answer["code"] == 200 and answer["data"]["pieceSize"] == MIB, answer
+    assert [hit.status for hit in origin.requests("/small-pieces.bin")] == [200, 304]
+    await check_served(peer, task_id, data, piece_size=MIB)
 
 
 async def test_cache_without_validators_is_fetched_again(

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.dfget.conftest import Finished, file_md5, md5_hex, metric
-from tests.v1proto import OriginServer, SupernodeProcess, pattern_bytes
+from tests.v1proto import OriginServer, SupernodeProcess, free_port, pattern_bytes, running
 
-from .conftest import MIB, assert_fetched_once, requires
+from .conftest import MIB, assert_fetched_once, go_binary, requires
 from .goprocs import GoDfgetNodes, describe
 
 pytestmark = [pytest.mark.interop, pytest.mark.asyncio(loop_scope="module"), requires("dfget")]
@@ -87,6 +87,32 @@ async def test_four_parallel_peers_share_pieces(origin: OriginServer, our_supern
     assert_fetched_once(origin, "/go/swarm.bin", len(data))
     served = await metric(our_supernode.api_url, PEER_PIECES, source="peer") - before
     assert served > 0, "every piece came from the CDN: no Go dfget served another"
+
+
+async def test_small_pieces_set_on_the_supernode(origin: OriginServer, tmp_path: Path) -> None:
+    """``--piece-size 1M``: Go dfget takes the size from the register answer and cuts, checks and serves
+    pieces by it, so four of them swarm a 20 MiB file in 21 pieces, every byte right."""
+    node = SupernodeProcess(tmp_path / "home", tmp_path, api_port=free_port(), cdn_port=free_port(),
+                            extra_args=("--piece-size", "1M"))
+    origin.files["/go/small-pieces.bin"] = data = pattern_bytes(20 * MIB)
+    url = origin.url("/go/small-pieces.bin")
+    async with running(node):
+        runner = GoDfgetNodes(go_binary("dfget"), tmp_path / "go", f"127.0.0.1:{node.api_port}")
+        try:
+            async def staggered(n: int) -> Finished:
+                await asyncio.sleep(0.3 * n)
+                return await runner.run(url, "-s", "10M", ip=f"127.0.77.{30 + n}")
+
+            results = await asyncio.gather(*(staggered(n) for n in range(4)))
+        finally:
+            await runner.close()
+        for result in results:
+            assert_downloaded(result, data)
+            log = (result.home / "logs" / "dfclient.log").read_text(errors="replace")
+            assert '"pieceSize":1048576' in log, describe(result)
+        assert_fetched_once(origin, "/go/small-pieces.bin", len(data))
+        served = await metric(node.api_url, PEER_PIECES, source="peer")
+        assert served > 0, "every piece came from the CDN: no Go dfget served another"
 
 
 async def test_md5_right_and_wrong(origin: OriginServer, go_nodes: GoDfgetNodes) -> None:
