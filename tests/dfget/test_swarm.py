@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.paced_relay import paced_relay
@@ -108,19 +109,23 @@ async def check_seeded(api_url: str, origin: OriginServer, path: str, size: int)
     return cdn_bytes
 
 
+@pytest.mark.parametrize("pieces", [[], ["--piece-size", "1M"]], ids=["spec-pieces", "1M-pieces"])
 async def test_a_rate_limited_cdn_seeds_and_the_peers_carry_the_rest(origin: OriginServer, tmp_path: Path,
-                                                                     nodes: DfgetNodes) -> None:
+                                                                     nodes: DfgetNodes, pieces: list[str]) -> None:
     """``--cdn-rate-limit``: the scheduler treats the CDN as a seed of that capacity, so peers serve most pieces.
 
-    Four real dfget peers, a 16 MiB file (four pieces) and a CDN port sending 4 MiB/s in all, peers at 8 MiB/s:
-    each piece should leave the CDN about once. The bound asserted is a property (at most 2 F from the CDN, the
-    rest from peers), not a time.
+    Four real dfget peers, a 16 MiB file (four pieces of the spec's 4 MiB, or 17 of 1 MiB) and a CDN port
+    sending 4 MiB/s in all, peers at 8 MiB/s: each piece should leave the CDN about once. The bound asserted
+    is a property (at most 2 F from the CDN, the rest from peers), not a time.
     """
     node = SupernodeProcess(tmp_path / "home", tmp_path, api_port=free_port("127.0.0.1"),
-                            cdn_port=free_port("127.0.0.1"), extra_args=["--cdn-rate-limit", "4M"])
+                            cdn_port=free_port("127.0.0.1"), extra_args=["--cdn-rate-limit", "4M", *pieces])
     async with running(node):
         await four_peers_fetch(nodes, origin, "/seeded.bin", 16 * MIB, f"127.0.0.1:{node.api_port}")
         await check_seeded(node.api_url, origin, "/seeded.bin", 16 * MIB)
+        async with aiohttp.ClientSession() as session, session.get(f"{node.api_url}/api/v1/tasks") as resp:
+            tasks = await resp.json()
+    assert [task["pieceSize"] for task in tasks] == [MIB if pieces else 4 * MIB]
 
 
 async def test_a_cdn_not_told_its_capacity_measures_it_and_seeds(origin: OriginServer, tmp_path: Path,
