@@ -21,11 +21,16 @@ WRAP_SIZE = HEAD_SIZE + 1
 _TAIL = bytes([TAIL_BYTE])
 
 
-def piece_size_for(length: int) -> int:
-    """Wrapped piece size for a source of ``length`` bytes (-1 when unknown)."""
+def piece_size_for(length: int, base: int = DEFAULT_PIECE_SIZE) -> int:
+    """Wrapped piece size for a source of ``length`` bytes (-1 when unknown).
+
+    ``base`` is the size up to 200 MiB, the spec's 4 MiB "by default"; a larger file gets the spec's
+    growing size (about 100 pieces per file, at most 15 MiB), never less than ``base``, so a smaller base
+    speeds the swarm's relay of small files without multiplying the pieces of large ones.
+    """
     if length <= 200 * MIB:
-        return DEFAULT_PIECE_SIZE
-    return min((length // (100 * MIB) - 2) * MIB + DEFAULT_PIECE_SIZE, MAX_PIECE_SIZE)
+        return base
+    return max(base, min((length // (100 * MIB) - 2) * MIB + DEFAULT_PIECE_SIZE, MAX_PIECE_SIZE))
 
 
 def data_size(piece_size: int) -> int:

@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="total rate of the CDN piece port, all connections together, e.g. 100M (bytes/s; "
                         "default 0: unlimited)")
     p.add_argument("--piece-size", dest="piece_size",
-                   help="piece size of new tasks, 1M to 15M in whole MiB, e.g. 2M: smaller pieces spread sooner "
-                        "through a swarm behind a slow piece port (default: the spec's rule, 4M up to 200 MiB)")
+                   help="piece size of new tasks of files up to 200 MiB, 1M to 15M in whole MiB, e.g. 2M: smaller "
+                        "pieces spread sooner through a swarm behind a slow piece port; larger files keep the "
+                        "spec's growing size, never less (default 4M, as Go)")
     p.add_argument("--no-cdn-measure", dest="cdn_measure", action="store_const", const=False,
                    help="with no --cdn-rate-limit, take the piece port for unlimited as Go does, instead of "
                         "measuring its capacity from the pieces it sends")

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from dfwire.pieces import MAX_PIECE_SIZE, MIB, piece_size_for
+from dfwire.pieces import DEFAULT_PIECE_SIZE, MAX_PIECE_SIZE, MIB, piece_size_for
 from dfwire.units import parse_duration, parse_size
 
 from .security import SourceAllowList
@@ -87,11 +87,12 @@ class Settings(BaseSettings):
     system_bandwidth: Size = 20 * 1024**2
     cdn_rate_limit: Size = Field(0, description="total rate at which the download port sends piece bytes, all "
                                  "connections together (bytes per second, e.g. 100M); 0: unlimited")
-    piece_size: Size = Field(0, description="wrapped piece size of every new task, a whole number of MiB from 1M "
-                             "to 15M, e.g. 2M. A peer serves only pieces it holds whole, so each hop of a piece "
-                             "through the swarm waits for a whole piece: smaller pieces spread a file sooner when "
-                             "the piece port is the bottleneck, at the cost of more piece requests per file. 0: "
-                             "the spec's rule, as Go (4 MiB up to 200 MiB, growing to 15 MiB)")
+    piece_size: Size = Field(0, description="wrapped piece size of new tasks of files up to 200 MiB (the spec's "
+                             "4 MiB), a whole number of MiB from 1M to 15M, e.g. 2M; a larger file gets the spec's "
+                             "growing size (5-15 MiB), never less. A peer serves only pieces it holds whole, so each "
+                             "hop of a piece through the swarm waits for a whole piece: smaller pieces spread a file "
+                             "sooner when the piece port is the bottleneck, at the cost of more piece requests per "
+                             "file. 0: 4 MiB, as Go")
     cdn_measure: bool = Field(True, description="with cdn_rate_limit 0, measure the port's capacity from the "
                               "pieces it sends, and seed at it once it saturates; false: take the port for "
                               "unlimited, as Go does")
@@ -153,7 +154,7 @@ class Settings(BaseSettings):
 
     def piece_size_for(self, length: int) -> int:
         """The piece size a new task of ``length`` source bytes (-1: unknown) is cut in."""
-        return self.piece_size or piece_size_for(length)
+        return piece_size_for(length, self.piece_size or DEFAULT_PIECE_SIZE)
 
     @model_validator(mode="after")
     def _pairs(self) -> Settings:

@@ -1,8 +1,9 @@
 """``piece_size``: the wrapped piece size of new tasks, from a flag, the environment or the YAML file.
 
 0 (the default) keeps the spec's rule (§2.3: 4 MiB up to 200 MiB, then growing to 15 MiB), so a
-deployment that sets nothing answers every register as Go does. A set value must be a whole number of
-MiB from 1 to 15: the piece head keeps the piece size in its top byte (§3.10), and Go caps it at 15 MiB.
+deployment that sets nothing answers every register as Go does. A set value replaces the 4 MiB, and a
+larger file keeps the spec's growing size, never less. It must be a whole number of MiB from 1 to 15:
+the piece head keeps the piece size in its top byte (§3.10), and Go caps it at 15 MiB.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ def test_absent_or_zero_is_the_spec_rule(length: int) -> None:
         assert settings.piece_size_for(length) == piece_size_for(length)
 
 
-@pytest.mark.parametrize("length", [-1, 0, 5, 64 * MIB, 300 * MIB, 10 * GIB])
-def test_a_set_size_is_every_new_task_s(length: int) -> None:
+@pytest.mark.parametrize(("length", "size"), [(-1, 2 * MIB), (0, 2 * MIB), (64 * MIB, 2 * MIB),
+                                            (200 * MIB, 2 * MIB), (300 * MIB, 5 * MIB), (10 * GIB, 15 * MIB)])
+def test_a_set_size_replaces_the_4_mib_of_files_up_to_200_mib(length: int, size: int) -> None:
+    """A larger file keeps the spec's growing size: 2 MiB pieces would make a 10 GiB file 5,121 of them."""
     settings = load_settings(None, advertise_ip="127.0.0.1", piece_size="2M")
-    assert settings.piece_size_for(length) == 2 * MIB
+    assert settings.piece_size_for(length) == size
 
 
 def test_flag_env_and_yaml_with_their_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,16 @@ def test_piece_size(length: int, size: int) -> None:
     assert piece_size_for(length) == size
 
 
+@pytest.mark.parametrize(("base", "length", "size"), [
+    (2 * MIB, -1, 2 * MIB), (2 * MIB, 200 * MIB, 2 * MIB), (2 * MIB, 200 * MIB + 1, 4 * MIB),
+    (2 * MIB, 300 * MIB, 5 * MIB), (2 * MIB, 1024 * MIB, 12 * MIB), (8 * MIB, 300 * MIB, 8 * MIB),
+    (8 * MIB, 1024 * MIB, 12 * MIB), (15 * MIB, 100 * 1024 * MIB, 15 * MIB),
+])
+def test_a_base_sets_small_files_and_bounds_large_ones_from_below(base: int, length: int, size: int) -> None:
+    assert piece_size_for(length, base) == size
+    assert piece_size_for(length, base) <= piece_size_for(length * 2, base)
+
+
 def test_piece_sizes_match_go_supernode() -> None:
     for vector in vectors()["piece_sizes"]:
         length = vector["length"]
