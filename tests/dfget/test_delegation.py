@@ -16,7 +16,8 @@ import re
 import signal
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -186,6 +187,22 @@ async def test_concurrent_runs_have_their_own_cids(origin: OriginServer, superno
         assert run_pids(result.home)[str(result.output)] == daemon
 
 
+@contextmanager
+def _children_take_sigint() -> Iterator[None]:
+    """Processes started meanwhile get SIGINT's default disposition, whatever this process has.
+
+    A suite run as a background job of a shell without job control (``nohup bash script &``) ignores
+    SIGINT, and so do the processes it starts: their Python keeps it ignored, as a user's background
+    dfget should. A handled signal is reset to the default on exec, so handling it here for the moment
+    of the spawn gives the dfget under test the Ctrl-C a user's terminal would send it.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name)
 async def test_stopped_caller_cancels_its_run(origin: OriginServer, supernode: SupernodeProcess, nodes: DfgetNodes,
                                               sig: signal.Signals) -> None:
@@ -194,7 +211,8 @@ async def test_stopped_caller_cancels_its_run(origin: OriginServer, supernode: S
     daemon = await start_daemon(nodes, origin, node)
     origin.files["/f.bin"] = data = pattern_bytes(16 * MIB)
     out = nodes.root / "out"
-    running = await nodes.start(origin.url("/f.bin"), "--node", node, "-s", "1M")
+    with _children_take_sigint():
+        running = await nodes.start(origin.url("/f.bin"), "--node", node, "-s", "1M")
     await wait_for("the download started", lambda: temp_files(out))
     service = list((running.home / "data").glob(f"*-{running.proc.pid}-*.service"))
     assert service, "the run's pieces are served while it downloads"
