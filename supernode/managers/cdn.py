@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from dfwire.pieces import HEAD_SIZE, WRAP_SIZE, data_size, piece_size_for
+from dfwire.pieces import HEAD_SIZE, WRAP_SIZE, data_size
 
 from ..cdn.datafile import Partial, finish_in_thread, open_data, scan_partial, seal_piece, verify_cache
 from ..cdn.source import SourceClient
@@ -82,7 +82,7 @@ def _now_ms() -> int:
 
 class CdnManager:
     def __init__(self, *, store: CacheStore, source: SourceClient, progress: ProgressState, metrics: Metrics,
-                 rate: int, changes: TaskChanges, piece_size: Callable[[int], int] = piece_size_for) -> None:
+                 rate: int, changes: TaskChanges, piece_size: Callable[[int], int]) -> None:
         self.store = store
         self.changes = changes
         self.source = source
@@ -90,8 +90,8 @@ class CdnManager:
         self.metrics = metrics
         self._bucket = TokenBucket(rate, burst=max(rate // 4, 4 * _CHUNK))
         self._downloads: dict[str, asyncio.Task[None]] = {}
-        # Decided when the origin first answers with a length; a cached or resumed task keeps the size
-        # its data file was cut in, whatever the setting says now.
+        # The size of a new task's pieces (``Settings.piece_size_for``), decided when the origin first
+        # answers with a length; a cached or resumed task keeps the size its data file was cut in.
         self._piece_size = piece_size
 
     async def prepare(self, task: Task) -> None:
