@@ -171,7 +171,8 @@ class DfgetRun:
             raw_url=config.url, task_url=task_url, cid=cid, ip=ip, host_name=socket.gethostname(),
             port=self.stats.port, path=peer_path(name), md5=config.md5, identifier=config.identifier,
             call_system=config.call_system, headers=config.headers, pattern="p2p" if uploader else "cdn",
-            root_cas=config.root_cas, dfdaemon=config.dfdaemon)
+            root_cas=config.root_cas, dfdaemon=config.dfdaemon, download_limit=config.local_limit,
+            upload_limit=config.total_limit if uploader else 0)
 
         async def register_again(excluded: set[Node]) -> Registration:
             registration = await register(api, [node for node in nodes if node not in excluded], request)

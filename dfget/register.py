@@ -44,6 +44,8 @@ class RegisterRequest:
     pattern: str
     root_cas: tuple[str, ...] = ()  # base64 PEM CAs the supernode verifies an https source with
     dfdaemon: bool = False  # the download is for a container runtime, through the node's registry mirror
+    download_limit: int = 0  # bytes/s this download is limited to (0: none)
+    upload_limit: int = 0  # bytes/s the node's uploader is limited to (0: none, or no uploader)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ async def register(api: SupernodeApi, nodes: Sequence[Node], request: RegisterRe
             ip=request.ip, host_name=request.host_name, port=request.port, path=request.path, md5=request.md5,
             identifier=request.identifier, call_system=request.call_system, headers=request.headers,
             pattern=request.pattern, root_cas=request.root_cas, dfdaemon=request.dfdaemon,
+            download_limit=request.download_limit, upload_limit=request.upload_limit,
         )
         for attempt in range(WAIT_AUTH_RETRIES):
             try:

@@ -77,12 +77,17 @@ class FinishData(_Wire):
 def register_body(
     *, super_node_ip: str, raw_url: str, task_url: str, cid: str, ip: str, host_name: str, port: int, path: str,
     md5: str, identifier: str, call_system: str, headers: Sequence[str], pattern: str,
-    root_cas: Sequence[str] = (), dfdaemon: bool = False,
+    root_cas: Sequence[str] = (), dfdaemon: bool = False, download_limit: int = 0, upload_limit: int = 0,
 ) -> dict[str, Any]:
     """dfget 1.0.6's RegisterRequest: ``md5`` when the user gave one, else ``identifier`` (§1.4).
 
-    ``rootCAs`` and ``dfdaemon`` are sent only when set (dfdaemon's registers carry them), so a plain
-    dfget run's body stays byte-identical to Go dfget's.
+    ``rootCAs`` and ``dfdaemon`` are sent only when set (dfdaemon's registers carry them), so with none of
+    the extras below a dfget run's body is byte-identical to Go dfget's.
+
+    ``downloadLimit`` and ``uploadLimit`` (bytes/s, sent when set) are ours: the rates this dfget and its
+    uploader are limited to. Our supernode plans flows with them (a supernode that only times pieces cannot
+    tell a client that could take a second flow from one that could not); Go's supernode ignores keys it
+    does not know.
     """
     body: dict[str, Any] = {
         "superNodeIp": super_node_ip, "rawUrl": raw_url, "taskUrl": task_url, "cid": cid, "ip": ip,
@@ -101,6 +106,10 @@ def register_body(
         body["rootCAs"] = list(root_cas)
     if dfdaemon:
         body["dfdaemon"] = True
+    if download_limit:
+        body["downloadLimit"] = download_limit
+    if upload_limit:
+        body["uploadLimit"] = upload_limit
     return body
 
 

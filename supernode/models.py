@@ -99,6 +99,11 @@ class RegisterRequest(WireModel):
     task_url: str = Field("", alias="taskURL")
     version: str = ""
     pattern: str = ""
+    download_limit: int = Field(0, alias="downloadLimit", ge=0, le=2**63 - 1)
+    """Ours, not Go's: the download rate limit (bytes/s) of the registering dfget; 0 or absent: not told. Go's
+    supernode ignores the key, and Go's dfget does not send it."""
+    upload_limit: int = Field(0, alias="uploadLimit", ge=0, le=2**63 - 1)
+    """Ours too: the upload rate limit (bytes/s) of the peer's uploader (its ``--totallimit``); 0: none or not told."""
 
 
 class RegisterResult(WireModel):

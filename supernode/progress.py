@@ -98,13 +98,23 @@ class ProgressState:
 
     # -- peers --
 
-    def add_peer(self, pid: str, *, serves: bool) -> None:
-        """Register a peer; registering a known PID again only updates whether it serves."""
+    def add_peer(self, pid: str, *, serves: bool, told_down: float = 0.0, told_up: float = 0.0) -> None:
+        """Register a peer; registering a known PID again updates whether it serves and what it told.
+
+        ``told_down`` and ``told_up``: the download and upload rate limits its dfget registered with, bytes/s
+        (0: not told; Go dfget tells neither). A dfget's limit is what it takes or gives when its link is
+        not the narrower, the usual case: the limit is how operators keep dfget off a node's workloads.
+        Piece timings cannot show a client that takes more than one source gives, and the scheduler's
+        flows use the told rates for such clients (``supernode.scheduler._flow_limits``).
+        """
+        if serves and told_up:
+            self.rates.tell_up(told_up)
         peer = self._peers.get(pid)
         if peer is None:
-            self._peers[pid] = PeerProgress(pid=pid, serves=serves, source=serves)
+            self._peers[pid] = PeerProgress(pid=pid, serves=serves, source=serves, told_down=told_down)
             return
         peer.serves = serves
+        peer.told_down = told_down
         self._refresh_source(peer)
 
     def has_peer(self, pid: str) -> bool:
@@ -166,6 +176,10 @@ class ProgressState:
         task = self.task(task_id)
         task.cdn_done.add(piece_num)
         task.cdn_failed.discard(piece_num)
+
+    def cdn_complete(self, task_id: str) -> None:
+        """The CDN holds every piece of the task now (its download ended well, or its cache was adopted)."""
+        self.task(task_id).cdn_complete = True
 
     def cdn_piece_failed(self, task_id: str, piece_num: int) -> None:
         self.task(task_id).cdn_failed.add(piece_num)

@@ -152,7 +152,7 @@ class SwarmRates:
     :meth:`add_cdn_load` before the counts change and :meth:`sample` when a piece ends well.
     """
 
-    __slots__ = ("_cdn_clock", "cdn", "cdn_area", "cdn_load", "down_capacity", "peer_capacity")
+    __slots__ = ("_cdn_clock", "cdn", "cdn_area", "cdn_load", "down_capacity", "peer_capacity", "told_up")
 
     def __init__(self, told: float = 0.0, *, measure: bool) -> None:
         self.cdn = CdnCapacity(told, measure=measure)
@@ -169,6 +169,13 @@ class SwarmRates:
         Only pieces peers served count: a CDN flow moves at the CDN's share (C over the flows it runs), so
         with a saturated CDN its flows say how many it runs, and counting them as what a client can take
         made the scheduler hand the CDN more flows each round (seen: 8 at once, each at a crawl)."""
+        self.told_up = 0.0
+        """The upload limit sources told on register, averaged as the estimates are; 0: none told. What a
+        source gives one flow, for the flows of a client that told its download limit."""
+
+    def tell_up(self, rate: float) -> None:
+        """A peer registered with an upload limit of ``rate`` bytes/s."""
+        self.told_up = average(self.told_up, rate)
 
     @staticmethod
     def count_flows(client: ClientProgress, now: float) -> None:

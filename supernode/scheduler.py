@@ -19,7 +19,10 @@ With the CDN's upload capacity C told (``Limits.cdn_upload_rate``) or measured, 
 probed (:class:`supernode.rates.CdnCapacity`), the CDN is a seed of finite capacity (:class:`_CdnBudget`)
 and clients and sources run only the flows their measured capacities fill (:func:`_flow_limits`): the
 regime of a supernode that shares one NIC with hundreds of nodes, where the peers, not the CDN, must
-carry the swarm.
+carry the swarm. A client that runs one flow at a time measures its source, never itself, so one that
+told a download limit above what a source gives (our dfget tells its ``-s``; Go dfget tells nothing)
+runs the flows the told rates fill, and once the CDN holds the whole file its free flows serve such
+clients too: where clients download faster than peers upload, the swarm needs the CDN's port.
 
 Sources go first to the clients that lag: a client with no piece at all that waited while every source
 was busy is owed the next free one (:func:`_hungry_others`), and the pull loop wakes held pulls fewest
@@ -46,6 +49,10 @@ _CDN_FRESH_SLOTS = 2
 
 _FLOWS_START = 2
 """Pieces a client runs at once, with a finite CDN, before its download capacity is measured."""
+
+_TOLD_FLOWS = 1.25
+"""A told download limit above this many sources' worth plans the client's flows (:func:`_flow_limits`): at or
+below it, the quarter-short rule there gives one flow either way."""
 
 _STARVED = 1.0
 """Seconds a client waits with nothing running before a finite CDN sends it a piece that peers hold: long
@@ -103,7 +110,11 @@ def schedule(
     isolated = peer.client_errors > limits.failure_count_limit
     cdn_load = state.super_load(task_id, now)
     starving = not client.running and client.idle_since is not None and now - client.idle_since >= _STARVED
-    cdn = _CdnBudget(state, task, cdn_load, starving=starving)
+    # the client told it takes more than its running pieces get, and no fresh piece is to come: the CDN's free
+    # flows would idle
+    takes_more = (task.cdn_complete and bool(client.running) and _told_more(state, peer)
+                  and peer.told_down > len(client.running) * _source_rate(state))
+    cdn = _CdnBudget(state, task, cdn_load, starving=starving, takes_more=takes_more)
     free_counts = task.free_counts
     if cdn.slots <= 0:
         if isolated:
@@ -186,16 +197,42 @@ def _flow_limits(state: ProgressState, peer: PeerProgress) -> tuple[int, int]:
     many as it takes to fill its measured download capacity with flows at a source's measured
     upload capacity, and a source serves as many as its capacity fills at that flow rate. Until
     both are measured, :data:`_FLOWS_START` and one.
+
+    A client whose told download limit is more than one source gives (:func:`_told_more`) plans with
+    the told rates instead: measured, a client that runs one flow at a time shows its source's upload,
+    not its own download, so a client that could take two sources' worth would never be given a second.
     """
     limits = state.limits
     down = peer.down_capacity or state.rates.down_capacity
     up = state.rates.peer_capacity
     if not down or not up:
         return min(_FLOWS_START, limits.peer_down_limit), 1
+    if _told_more(state, peer):
+        down, up = peer.told_down, _source_rate(state)
     # a client a quarter short of filling one more source's flow does not open it
     flows = min(limits.peer_down_limit, max(1, math.ceil(down / up - 0.25)))
     source_flows = min(limits.peer_up_limit, max(1, round(up * flows / down)))
     return flows, source_flows
+
+
+def _told_more(state: ProgressState, peer: PeerProgress) -> bool:
+    """Whether the peer told a download limit that more than one source's flow fills.
+
+    Only then do told rates replace the measured ones: where a client takes no more than a source
+    gives (the download-bound swarm, D = U), both give one flow, and the measured estimates keep
+    deciding what they were tuned on (how many uploads a source runs, and when the CDN sends a copy).
+    """
+    source = _source_rate(state)
+    return bool(source) and peer.told_down > _TOLD_FLOWS * source
+
+
+def _source_rate(state: ProgressState) -> float:
+    """What one source gives one client, bytes/s: the upload limit peers told, else the measured capacity.
+
+    Told limits first: an uploader's limiter lets a piece through at its limit and more after an idle
+    spell, so measured capacities run high (14-21 MiB/s for uploaders limited to 10).
+    """
+    return state.rates.told_up or state.rates.peer_capacity
 
 
 def _full_flow(state: ProgressState) -> float:
@@ -230,17 +267,22 @@ class _CdnBudget:
       :data:`_CDN_FRESH_SLOTS` of its flows are free (they stay free for the fresh pieces the origin
       is still delivering), or to a client that has had nothing running for :data:`_STARVED` seconds
       while the CDN has a flow's capacity to spare (it would idle otherwise: the tail of a download
-      whose holders are all busy). Only in the first case is it weighed against the least loaded
-      free holder by speed: a CDN with no flows to spare that won such races sent 2-3 F;
+      whose holders are all busy), or, once the CDN holds the whole file, to a client whose told
+      download takes more than the pieces it runs (``takes_more``: where clients download faster
+      than peers upload, the CDN's port is part of what the swarm can send, and idling it slows
+      everyone). Only in the first case is it weighed against the least loaded free holder by
+      speed: a CDN with no flows to spare that won such races sent 2-3 F;
     - it runs at most about C / (rate of one piece flow) pieces at once, over all tasks, so the pieces
       it sends arrive as fast as from any other source instead of crawling side by side; before any
       flow is measured, :data:`_CDN_START`; while C is probed, the probe's window.
     """
 
-    __slots__ = ("_load", "_rate", "_starving", "_state", "_task", "slots")
+    __slots__ = ("_load", "_rate", "_starving", "_state", "_takes_more", "_task", "slots")
 
-    def __init__(self, state: ProgressState, task: TaskProgress, load: int, *, starving: bool) -> None:
-        self._state, self._task, self._load, self._starving = state, task, load, starving
+    def __init__(self, state: ProgressState, task: TaskProgress, load: int, *, starving: bool,
+                 takes_more: bool) -> None:
+        self._state, self._task, self._load = state, task, load
+        self._starving, self._takes_more = starving, takes_more
         cdn = state.rates.cdn
         self._rate = cdn.rate or state.capacity(task.super_pid)
         self.slots = state.limits.cdn_task_limit - load
@@ -261,7 +303,7 @@ class _CdnBudget:
         is held by a source or on its way to a peer."""
         if not self._state.rates.cdn.seeds or fresh:
             return True
-        if self.slots > _CDN_FRESH_SLOTS:
+        if self.slots > (0 if self._takes_more else _CDN_FRESH_SLOTS):
             return True
         flow = _full_flow(self._state)
         return self._starving and (not flow or self._rate / (self._load + 1) >= flow)

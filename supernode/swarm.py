@@ -101,6 +101,8 @@ class PeerProgress:
     """Estimated upload capacity in bytes/s (0: not measured yet); see :meth:`supernode.rates.SwarmRates.sample`."""
     down_capacity: float = 0.0
     """Estimated download capacity in bytes/s of this peer's clients, measured the same way."""
+    told_down: float = 0.0
+    """The download rate limit in bytes/s its dfget registered with (0: not told, as by Go dfget)."""
 
     @property
     def load(self) -> int:
@@ -167,6 +169,8 @@ class TaskProgress:
     hungry: dict[str, float] = field(default_factory=dict)
     """CID -> when it was last told to wait while it had no piece at all and every source was busy;
     oldest first. See ``supernode.scheduler``: such clients come first for the next free source."""
+    cdn_complete: bool = False
+    """The CDN holds every piece of the file: no fresh piece is still to come from the origin."""
     super_load: int = 0
     super_mtime: float = 0.0
     super_epoch: int = 0

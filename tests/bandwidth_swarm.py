@@ -97,11 +97,12 @@ class BandwidthSwarm:
     def __init__(
         self, *, n: int, size: int, piece: int = 4 * MIB, s: float, c: float, d: float, u: float,
         limits: Limits | None = None, latency: float = 0.01, hold: float = 1.0, seed: int = 0,
-        join_spread: float = 0.0,
+        join_spread: float = 0.0, told: bool = False,
     ) -> None:
+        """``told``: each peer registers with its rate limits (D and U), as our dfget does; Go dfget does not."""
         self.n, self.size, self.piece = n, size, piece
         self.s, self.c, self.d, self.u = s, c, d, u
-        self.latency, self.hold = latency, hold
+        self.latency, self.hold, self.told = latency, hold, told
         self.rng = random.Random(seed)
         self.limits = limits or Limits()
         self.state = ProgressState(self.limits)
@@ -214,7 +215,8 @@ class BandwidthSwarm:
 
     def run(self, max_time: float = 600.0) -> Outcome:
         for cid, client in self.clients.items():
-            self.state.add_peer(client.pid, serves=True)
+            self.state.add_peer(client.pid, serves=True, told_down=self.d if self.told else 0.0,
+                                told_up=self.u if self.told else 0.0)
             self._at(self.join[cid], "join", cid)
         for num in range(self.n_pieces):
             self._at(min(self.size, (num + 1) * self.piece) / self.s, "cdn", str(num))
@@ -237,6 +239,8 @@ class BandwidthSwarm:
                     self._pull(self.clients[who])
                 elif kind == "cdn":
                     self.state.cdn_piece_done(TASK, int(who))
+                    if int(who) == self.n_pieces - 1:
+                        self.state.cdn_complete(TASK)
                     self._changed()
                 elif kind == "hold":
                     client = self.clients[who]

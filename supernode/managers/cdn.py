@@ -206,6 +206,7 @@ class CdnManager:
         task.cdn_status = CdnStatus.SUCCESS
         for n in range(len(md5s)):
             self.progress.cdn_piece_done(task.id, n)
+        self.progress.cdn_complete(task.id)
         self.changes.notify(task.id)
         now = _now_ms()
         meta.interval = now - meta.access_time if meta.access_time else 0
@@ -333,6 +334,7 @@ class CdnManager:
         task.file_length = file_length
         task.real_md5 = real_md5
         task.cdn_status = CdnStatus.SUCCESS
+        self.progress.cdn_complete(task.id)
         self.changes.notify(task.id)  # clients holding every piece can finish now
 
     async def _write_piece(self, task: Task, fd: int, piece_num: int, frame: bytearray, data_len: int,

@@ -74,7 +74,7 @@ class TaskManager:
         peer = self.peers.register(ip=req.ip, host_name=req.host_name or req.ip, port=req.port,
                                    version=req.version)
         serves = req.pattern != "cdn" and req.port != 0
-        self.progress.add_peer(peer.id, serves=serves)
+        self.progress.add_peer(peer.id, serves=serves, told_down=req.download_limit, told_up=req.upload_limit)
         self.metrics.peers.labels(peer=peer.ip).inc()
         try:
             task = await self.admit(spec)

@@ -58,12 +58,28 @@ async def test_register_form_encoded_and_case_insensitive_keys(api: TestClient, 
 @pytest.mark.parametrize(("extra", "status"), [
     ({"ip": "not-an-ip"}, 400), ({"port": 80}, 400), ({"rawUrl": "ftp://127.0.0.1/x", "taskUrl": ""}, 400),
     ({"cid": ""}, 400), ({"ip": ""}, 400), ({"path": ""}, 400), ({"port": "x"}, 400),
+    ({"downloadLimit": -1}, 400), ({"uploadLimit": "fast"}, 400),
 ])
 async def test_register_rejects_bad_input(api: TestClient, origin: OriginServer, extra: dict[str, Any],
                                           status: int) -> None:
     origin.files["/a.bin"] = b"abc"
     got, body = await register(api, register_body(origin.url("/a.bin"), **extra))
     assert got == status and set(body) == {"code", "message"}
+
+
+async def test_register_reads_the_rate_limits_our_dfget_tells(api: TestClient, origin: OriginServer,
+                                                               node: Supernode) -> None:
+    """``downloadLimit`` and ``uploadLimit`` are ours (Go dfget sends neither): the scheduler plans with them."""
+    origin.files["/a.bin"] = b"abc"
+    status, body = await register(api, register_body(origin.url("/a.bin"), downloadLimit=20 * 1024**2,
+                                                     uploadLimit=10 * 1024**2))
+    assert status == 200 and body["code"] == 200
+    status, body = await register(api, register_body(origin.url("/a.bin"), cid="127.0.0.3-1-1.000", ip="127.0.0.3"))
+    assert status == 200 and body["code"] == 200
+    told = {node.peers.get(pid).ip: node.progress.peer(pid).told_down
+            for pid in node.progress.peer_ids() if pid != node.super_peer.id}
+    assert told == {"127.0.0.2": 20 * 1024**2, "127.0.0.3": 0}
+    assert node.progress.rates.told_up == 10 * 1024**2, "what one source gives, for the flows of such clients"
 
 
 async def test_register_bad_json_is_a_clear_400(api: TestClient) -> None:

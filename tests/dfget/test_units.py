@@ -249,6 +249,11 @@ def test_register_body_is_byte_identical_to_dfget_1_0_6() -> None:
                              path="p", md5="m", identifier="ignored", call_system="cs", headers=("A: 1",),
                              pattern="cdn")
     assert list(with_md5)[9:] == ["md5", "callSystem", "headers", "pattern"]
+    told = register_body(super_node_ip="s", raw_url="u", task_url="u", cid="c", ip="i", host_name="h", port=0,
+                         path="p", md5="", identifier="", call_system="", headers=(), pattern="p2p",
+                         download_limit=20 * 1024**2, upload_limit=10 * 1024**2)
+    assert list(told)[9:] == ["pattern", "downloadLimit", "uploadLimit"]
+    assert (told["downloadLimit"], told["uploadLimit"]) == (20 * 1024**2, 10 * 1024**2)
 
 
 def test_metrics_body_leaves_out_empty_fields() -> None:

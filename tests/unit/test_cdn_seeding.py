@@ -11,7 +11,7 @@ from supernode.errors import DfCode, DfError
 from supernode.progress import Limits, PieceStatus, ProgressState
 from supernode.scheduler import schedule
 from tests.bandwidth_swarm import MIB, BandwidthSwarm, relay_bound
-from tests.unit.test_scheduler import SUPER, TASK, make_state
+from tests.unit.test_scheduler import SUPER, TASK, give, make_state
 
 SUC = PieceStatus.SUCCESS
 PIECE = 4 * MIB
@@ -226,6 +226,84 @@ def test_a_source_runs_the_uploads_its_capacity_fills() -> None:
     assert err.value.code == DfCode.PEER_WAIT, "p3 is busy with c1 and the CDN with c2: c0 waits"
 
 
+def tell(state: ProgressState, *, down: float, up: float = 10 * MIB) -> None:
+    """Every client's peer registers again, telling its dfget's download and upload limits."""
+    for i in range(4):
+        state.add_peer(f"p{i}", serves=True, told_down=down, told_up=up)
+
+
+def test_a_client_that_told_a_faster_download_runs_the_flows_it_fills() -> None:
+    """Measured one flow at a time, a client shows what its source gives, never more: told 20 MiB/s beside
+    sources that told 10, it runs two pieces at once; told 10, one, as measured."""
+    state = seeded_state(pieces=6, cdn_upload_rate=100 * MIB)  # a flow measured at 10 MiB/s at both ends
+    assert len(pull(state, "c0")) == 1
+    tell(state, down=20 * MIB)
+    assert len(pull(state, "c0")) == 1, "the second flow"
+    assert len(pull(state, "c1")) == 2
+    with pytest.raises(DfError) as err:
+        pull(state, "c1")
+    assert err.value.code == DfCode.PEER_CONTINUE
+    tell(state, down=10 * MIB)
+    assert len(pull(state, "c2")) == 1
+
+
+@pytest.mark.parametrize("told", [False, True])
+def test_a_source_told_slower_than_it_measures_serves_the_told_flows(told: bool) -> None:
+    """Uploaders' limiters let pieces through in bursts, so sources measure fast (20 MiB/s here): taken at
+    that, a source serves two clients at once. Told 10, it serves one client that takes 20 over two flows,
+    each at the source's full speed."""
+    state = seeded_state(pieces=2, cdn_upload_rate=1 * MIB)  # the CDN runs one flow
+    measured(state, down=10 * MIB, up=20 * MIB)
+    if told:
+        tell(state, down=20 * MIB)
+    give(state, "c3", 0, 1)
+    [(num, dst)] = pull(state, "c0", limit=1)
+    assert dst == "p3"
+    state.start_piece(TASK, "c1", 1 - num, SUPER, now=1.0)  # the CDN's one flow is taken
+    if not told:
+        assert pull(state, "c2", limit=1) == [(num, "p3")]
+        return
+    with pytest.raises(DfError) as err:
+        pull(state, "c2")
+    assert err.value.code == DfCode.PEER_WAIT, "p3 serves c0, and told 10 MiB/s that fills it"
+
+
+def held_by_a_busy_peer(*, down: float) -> ProgressState:
+    """c0 runs piece 0 from p3, the only other holder of piece 1; the CDN's two flows are free."""
+    state = seeded_state(pieces=2)
+    tell(state, down=down)
+    give(state, "c3", 0, 1)
+    state.start_piece(TASK, "c0", 0, "p3", now=1.0)
+    return state
+
+
+def test_once_it_holds_the_file_the_cdn_feeds_a_client_that_told_it_takes_more() -> None:
+    """Where clients download faster than peers upload, the CDN's port is part of what the swarm can send."""
+    state = held_by_a_busy_peer(down=20 * MIB)
+    with pytest.raises(DfError) as err:
+        pull(state, "c0")
+    assert err.value.code == DfCode.PEER_WAIT, "the origin's pieces may still come: the flows stay free"
+    state.cdn_complete(TASK)
+    assert pull(state, "c0") == [(1, SUPER)]
+
+
+def test_the_cdn_keeps_its_flows_from_a_client_that_told_no_more_than_a_source_gives() -> None:
+    state = held_by_a_busy_peer(down=10 * MIB)
+    state.cdn_complete(TASK)
+    with pytest.raises(DfError) as err:
+        pull(state, "c0")
+    assert err.value.code == DfCode.PEER_CONTINUE
+    # Go dfget tells nothing: measured at two flows' worth, its second flow waits for a peer
+    untold = seeded_state(pieces=2)
+    measured(untold, down=20 * MIB, up=10 * MIB)
+    give(untold, "c3", 0, 1)
+    untold.start_piece(TASK, "c0", 0, "p3", now=1.0)
+    untold.cdn_complete(TASK)
+    with pytest.raises(DfError) as err:
+        pull(untold, "c0")
+    assert err.value.code == DfCode.PEER_WAIT
+
+
 def test_pieces_in_flight_are_counted_and_released() -> None:
     state = seeded_state(pieces=2)
     task = state.task(TASK)
@@ -248,12 +326,13 @@ F = 64 * MIB
 
 def swarm(
     n: int, *, c: float, cdn: str, d: float = 10, size: int = F, seed: int = 0, piece: int = PIECE,
+    told: bool = False,
 ) -> BandwidthSwarm:
     """``cdn``: "told" (the supernode knows C), "measured" (it does not, and measures it) or "go" (it takes
-    the port for unlimited, as Go does)."""
+    the port for unlimited, as Go does). ``told``: the peers tell their D and U, as our dfget does."""
     limits = Limits(cdn_task_limit=64, cdn_upload_rate=c * MIB if cdn == "told" else 0.0, cdn_measure=cdn == "measured")
     return BandwidthSwarm(n=n, size=size, piece=piece, s=20 * MIB, c=c * MIB, d=d * MIB, u=10 * MIB, limits=limits,
-                          seed=seed)
+                          seed=seed, told=told)
 
 
 @pytest.mark.parametrize(("n", "bound"), [(8, 1.25), (16, 1.3), (32, 1.35)])
@@ -317,6 +396,27 @@ def test_the_upload_bound_regime(cdn: str) -> None:
     outcome = swarm(8, c=20, cdn=cdn, d=20).run()
     assert outcome.t_star == pytest.approx(8 * 64 / (20 + 80))
     assert outcome.ratio <= 1.75
+
+
+@pytest.mark.parametrize(("cdn", "bound"), [("told", 1.25), ("measured", 1.32)])
+def test_the_upload_bound_regime_with_peers_that_tell_their_limits(cdn: str, bound: float) -> None:
+    """Told D = 2U, each client runs two flows, and once the CDN holds the file its port keeps sending: at
+    T* it sends C * T* = 1.6 F, its share of what the swarm uploads."""
+    told = swarm(8, c=20, cdn=cdn, d=20, piece=2 * MIB, told=True).run()
+    measured_only = swarm(8, c=20, cdn=cdn, d=20, piece=2 * MIB).run()
+    assert told.ratio <= bound
+    assert told.ratio <= measured_only.ratio - 0.05
+    assert told.cdn_bytes <= 1.7 * F
+
+
+@pytest.mark.parametrize("cdn", ["told", "measured"])
+@pytest.mark.parametrize("n", [8, 16])
+def test_told_limits_change_nothing_where_clients_take_what_a_source_gives(cdn: str, n: int) -> None:
+    """D = U: the told rates give one flow, as the measured ones do, and the schedule is the same."""
+    told = swarm(n, c=20, cdn=cdn, piece=2 * MIB, told=True).run()
+    measured_only = swarm(n, c=20, cdn=cdn, piece=2 * MIB).run()
+    assert told.finish == measured_only.finish
+    assert told.cdn_bytes == measured_only.cdn_bytes
 
 
 @pytest.mark.parametrize("cdn", ["told", "measured", "go"])
