@@ -85,7 +85,8 @@ class CdnCapacity:
     saturated port at once, where otherwise the probe's window of copies crowds the port for a whole
     round of the relay (in the upload-bound swarm that cost about 0.05 T*). Other told limits are no
     reference: a limit, unlike a rate measured on the same machine, does not slow down with a busy CPU,
-    and a false verdict would make an unlimited port a seed.
+    so it risks a false verdict, which would make an unlimited port a seed; it is taken only where it
+    pays, and D = U clients and Go dfget are judged as before.
 
     While C is unknown the CDN probes, as TCP's slow start does: it runs a window of :data:`PROBE_START`
     pieces at once, one more after each piece that ran while at least half the window was in use (a
