@@ -67,10 +67,6 @@ bottleneck. Well below 1, because a dfget's limiter lets a piece through at up t
 then, so the reference runs high and a piece at the rate can look 0.7 of it (0.7 made an unlimited port
 look saturated); not lower, so that C = 5 D still shows before the probe's window opens."""
 
-TOLD_FLOWS = 1.25
-"""A client whose told download limit is above this many sources' worth takes more than one source gives
-(:meth:`SwarmRates.told_more`): at or below it, the scheduler's quarter-short rule gives one flow either way."""
-
 
 class CdnCapacity:
     """C, the piece port's total upload rate: as the operator told it, or as the CDN's own pieces show it.
@@ -80,13 +76,7 @@ class CdnCapacity:
     look exactly like N clients that can each take only C/N. The reference is what clients take from
     peers (:attr:`SwarmRates.down_capacity`), and a CDN piece says what its client took from it: its rate
     times the pieces the client ran meanwhile (a client's share of its own download, had that been the
-    limit). Before any piece between peers is measured, a client that told a download limit above what a
-    source gives (:meth:`SwarmRates.told_more`) is its own reference: its first CDN pieces show a
-    saturated port at once, where otherwise the probe's window of copies crowds the port for a whole
-    round of the relay (in the upload-bound swarm that cost about 0.05 T*). Other told limits are no
-    reference: a limit, unlike a rate measured on the same machine, does not slow down with a busy CPU,
-    so it risks a false verdict, which would make an unlimited port a seed; it is taken only where it
-    pays, and D = U clients and Go dfget are judged as before.
+    limit).
 
     While C is unknown the CDN probes, as TCP's slow start does: it runs a window of :data:`PROBE_START`
     pieces at once, one more after each piece that ran while at least half the window was in use (a
@@ -135,7 +125,7 @@ class CdnCapacity:
         ``rate``: its bytes/s, None when it was too quick to time (:func:`piece_rate`); ``client_flows``
         and ``cdn_flows``: the pieces its client and the CDN ran meanwhile, this one included, on average
         over its run; ``clients_take``: what a client takes from peers, bytes/s (0: not measured yet, and
-        nothing can be told; see :meth:`SwarmRates.sample` for the told limit that stands in for it).
+        nothing can be told).
         """
         if not self._measure:
             return
@@ -187,31 +177,6 @@ class SwarmRates:
         """A peer registered with an upload limit of ``rate`` bytes/s."""
         self.told_up = average(self.told_up, rate)
 
-    @property
-    def source_rate(self) -> float:
-        """What one source gives one client, bytes/s: the upload limit peers told, else the measured capacity.
-
-        Told limits first: an uploader's limiter lets a piece through at its limit and more after an idle
-        spell, so measured capacities run high (14-21 MiB/s for uploaders limited to 10).
-        """
-        return self.told_up or self.peer_capacity
-
-    def told_more(self, told_down: float) -> bool:
-        """Whether a client that told a download limit of ``told_down`` takes more than one source's flow gives.
-
-        Only for such clients do told rates stand in for measured ones: a client that runs one flow at a
-        time measures its source, never itself. Where a client takes no more than a source gives (the
-        download-bound swarm, D = U), the measured estimates keep deciding what they were tuned on.
-        """
-        source = self.source_rate
-        return bool(source) and told_down > TOLD_FLOWS * source
-
-    def _told_reference(self, receiver: PeerProgress | None) -> float:
-        """The receiver's told download limit where it may stand in for what clients take (:class:`CdnCapacity`)."""
-        if receiver is None or not self.told_more(receiver.told_down):
-            return 0.0
-        return receiver.told_down
-
     @staticmethod
     def count_flows(client: ClientProgress, now: float) -> None:
         """Bring the client's ``flow_area`` up to ``now``; called before its running pieces change."""
@@ -242,7 +207,7 @@ class SwarmRates:
             span = now - run.started
             self.cdn.piece(rate, client_flows=(client.flow_area - run.flow_area) / span if span > 0 else 1.0,
                            cdn_flows=(self.cdn_area - run.cdn_area) / span if span > 0 else 1.0,
-                           clients_take=self.down_capacity or self._told_reference(peers.get(client.pid)))
+                           clients_take=self.down_capacity)
         if rate is None or source is None:
             return
         concurrent = task.super_load if cdn else source.load

@@ -50,6 +50,10 @@ _CDN_FRESH_SLOTS = 2
 _FLOWS_START = 2
 """Pieces a client runs at once, with a finite CDN, before its download capacity is measured."""
 
+_TOLD_FLOWS = 1.25
+"""A told download limit above this many sources' worth plans the client's flows (:func:`_flow_limits`): at or
+below it, the quarter-short rule there gives one flow either way."""
+
 _STARVED = 1.0
 """Seconds a client waits with nothing running before a finite CDN sends it a piece that peers hold: long
 enough for a busy holder to free up, short enough that no client idles for long."""
@@ -108,9 +112,8 @@ def schedule(
     starving = not client.running and client.idle_since is not None and now - client.idle_since >= _STARVED
     # the client told it takes more than its running pieces get, and no fresh piece is to come: the CDN's free
     # flows would idle
-    rates = state.rates
-    takes_more = (task.cdn_complete and bool(client.running) and rates.told_more(peer.told_down)
-                  and peer.told_down > len(client.running) * rates.source_rate)
+    takes_more = (task.cdn_complete and bool(client.running) and _told_more(state, peer)
+                  and peer.told_down > len(client.running) * _source_rate(state))
     cdn = _CdnBudget(state, task, cdn_load, starving=starving, takes_more=takes_more)
     free_counts = task.free_counts
     if cdn.slots <= 0:
@@ -195,7 +198,7 @@ def _flow_limits(state: ProgressState, peer: PeerProgress) -> tuple[int, int]:
     upload capacity, and a source serves as many as its capacity fills at that flow rate. Until
     both are measured, :data:`_FLOWS_START` and one.
 
-    A client whose told download limit is more than one source gives (``SwarmRates.told_more``) plans with
+    A client whose told download limit is more than one source gives (:func:`_told_more`) plans with
     the told rates instead: measured, a client that runs one flow at a time shows its source's upload,
     not its own download, so a client that could take two sources' worth would never be given a second.
     """
@@ -204,12 +207,32 @@ def _flow_limits(state: ProgressState, peer: PeerProgress) -> tuple[int, int]:
     up = state.rates.peer_capacity
     if not down or not up:
         return min(_FLOWS_START, limits.peer_down_limit), 1
-    if state.rates.told_more(peer.told_down):
-        down, up = peer.told_down, state.rates.source_rate
+    if _told_more(state, peer):
+        down, up = peer.told_down, _source_rate(state)
     # a client a quarter short of filling one more source's flow does not open it
     flows = min(limits.peer_down_limit, max(1, math.ceil(down / up - 0.25)))
     source_flows = min(limits.peer_up_limit, max(1, round(up * flows / down)))
     return flows, source_flows
+
+
+def _told_more(state: ProgressState, peer: PeerProgress) -> bool:
+    """Whether the peer told a download limit that more than one source's flow fills.
+
+    Only then do told rates replace the measured ones: where a client takes no more than a source
+    gives (the download-bound swarm, D = U), both give one flow, and the measured estimates keep
+    deciding what they were tuned on (how many uploads a source runs, and when the CDN sends a copy).
+    """
+    source = _source_rate(state)
+    return bool(source) and peer.told_down > _TOLD_FLOWS * source
+
+
+def _source_rate(state: ProgressState) -> float:
+    """What one source gives one client, bytes/s: the upload limit peers told, else the measured capacity.
+
+    Told limits first: an uploader's limiter lets a piece through at its limit and more after an idle
+    spell, so measured capacities run high (14-21 MiB/s for uploaders limited to 10).
+    """
+    return state.rates.told_up or state.rates.peer_capacity
 
 
 def _full_flow(state: ProgressState) -> float:
